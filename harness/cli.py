@@ -1,0 +1,155 @@
+"""The walstress command: parse, call, print. Exit codes:
+0 every verdict matched its expectation (check: healthy), 1 one did not
+(check: damaged), 2 usage, scenario or environment error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from harness.errors import ScenarioError, UsageError, WalstressError
+
+EXIT_OK, EXIT_MISMATCH, EXIT_USAGE = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # exit 2 with one line, as argparse does, but ours
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="walstress", description="Reproduce SQLite WAL corruption on demand.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = sub.add_parser("run", help="run a scenario file (every matrix cell x repeat)")
+    run.add_argument("scenario", help="scenario TOML file")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a scenario key (a [list] makes it a matrix axis)")
+    run.add_argument("--out", help="output folder (default reports/<name>-<time>)")
+    run.add_argument("--repeat", type=int, help="runs per cell (overrides the scenario's repeat)")
+    run.add_argument("--duration", help='run length per run, e.g. 30, "30s", "500ms"')
+    run.add_argument("--cache-dir", help="template cache folder")
+    run.add_argument("--json", action="store_true", help="print results.json on stdout")
+    run.add_argument("--quiet", action="store_true", help="no progress output")
+
+    build = sub.add_parser("build", help="build a template database")
+    build.add_argument("--pages", type=int, default=65536)
+    build.add_argument("--page-size", type=int, default=4096)
+    build.add_argument("--schema", default="hermes")
+    build.add_argument("--seed", type=int, default=0)
+    build.add_argument("--out", required=True, help="database file to create")
+
+    check = sub.add_parser("check", help="read-only diagnosis of a database file")
+    check.add_argument("db")
+    check.add_argument("--json", action="store_true")
+
+    report = sub.add_parser("report", help="judge a run dir again and rebuild its report")
+    report.add_argument("run_dir")
+    report.add_argument("--json", action="store_true")
+    return parser
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from harness.api import load_scenario, run
+    from harness.console import Console, summary_table
+    from harness.scenario import parse_duration_seconds
+
+    scenario = load_scenario(args.scenario, args.overrides)
+    duration = None
+    if args.duration is not None:
+        try:
+            duration = parse_duration_seconds(args.duration)
+        except ValueError as exc:
+            raise UsageError(f"--duration {args.duration!r}: expected {exc}") from None
+        if duration <= 0:
+            raise UsageError("--duration must be positive")
+    if args.repeat is not None and args.repeat < 1:
+        raise UsageError("--repeat must be at least 1")
+    out = Path(args.out) if args.out else Path("reports") / f"{scenario.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    console = Console(sys.stderr, quiet=args.quiet)
+    result = run(scenario, out, repeat=args.repeat, duration=duration, cache_dir=args.cache_dir, console=console)
+    _after_run(result.data, out)
+    if args.json:
+        print(json.dumps(result.data, indent=1, default=str))
+    else:
+        print(summary_table(result.data))
+    print(f"results: {result.path}", file=sys.stderr if args.json else sys.stdout)
+    return EXIT_OK if result.ok else EXIT_MISMATCH
+
+
+def _after_run(results: dict, out: Path) -> None:
+    """Hook for the report package: figures and pages after the workers stopped."""
+    try:
+        from harness.report import build_report
+    except ImportError:
+        return
+    try:
+        build_report(out, results)
+    except Exception as exc:  # a report problem never changes a verdict
+        print(f"walstress: report not built: {exc!r}", file=sys.stderr)
+
+
+def _cmd_build(args: argparse.Namespace) -> int:
+    from harness.database.template import build_database
+
+    def progress(text: str) -> None:
+        print(f"  {text}", file=sys.stderr)
+
+    try:
+        info = build_database(args.out, schema=args.schema, pages=args.pages, page_size=args.page_size,
+                              seed=args.seed, progress=progress)
+    except (ValueError, KeyError) as exc:
+        raise UsageError(str(exc).strip("'\"")) from None
+    except FileExistsError as exc:
+        raise UsageError(str(exc)) from None
+    print(f"built {info['path']}: {info['pages']:,} pages of {info['page_size']} bytes, "
+          f"{info['messages']:,} messages, {info['sessions']:,} sessions in {info['build_seconds']:.1f} s")
+    return EXIT_OK
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from harness.checks.cli_check import main_check
+
+    return main_check(args.db, args.json)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from harness.judge import judge_run
+    from harness.matrix import rejudge_dir
+
+    target = Path(args.run_dir)
+    if not target.exists():
+        raise UsageError(f"{target}: no such run dir")
+    data = rejudge_dir(target, judge_run)
+    _after_run(data, target)
+    if args.json:
+        print(json.dumps(data, indent=1, default=str))
+    else:
+        from harness.console import summary_table
+
+        if data.get("cells"):
+            print(summary_table(data))
+    return EXIT_OK if data.get("ok") else EXIT_MISMATCH
+
+
+COMMANDS = {"run": _cmd_run, "build": _cmd_build, "check": _cmd_check, "report": _cmd_report}
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = _parser().parse_args(argv)
+        return COMMANDS[args.command](args)
+    except (ScenarioError, UsageError, WalstressError) as exc:
+        print(f"walstress: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("walstress: interrupted; every worker was stopped", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""History: what every process did and when, as JSON lines.
+
+Writers append small dict records to an in-memory buffer and flush them in
+batches with one ``os.write`` on an ``O_APPEND`` descriptor, so a record that
+was flushed survives the death of its process. Readers tolerate a torn last
+line (a process killed half way through a flush).
+
+Record types (field ``type``), all times are epoch seconds (``t``):
+    op          worker, thread, kind, t, ms, ok, err (class or null), msg
+    checkpoint  worker, thread, t, ms, mode, source, busy, log, checkpointed, err
+    sample      t, db_bytes, wal_bytes, shm_bytes
+    proc        t, pids: {worker: [cpu_seconds, read_bytes, write_bytes]}
+    worker_start / worker_ready / worker_exit   worker, role, pid, t, ...
+    fault       name, t, t_end, target, detail
+    run_start / run_stop / note
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+
+class HistoryWriter:
+    """Append-only, batched JSON-lines writer; safe to share between threads."""
+
+    def __init__(self, path: str | Path, *, flush_records: int = 512, flush_seconds: float = 0.25):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self._buffer: list[str] = []
+        self._lock = threading.Lock()
+        self._flush_records = flush_records
+        self._flush_seconds = flush_seconds
+        self._last_flush = time.monotonic()
+        self._closed = False
+
+    def record(self, rec: dict[str, Any]) -> None:
+        line = json.dumps(rec, separators=(",", ":"), default=str)
+        with self._lock:
+            if self._closed:
+                return
+            self._buffer.append(line)
+            if len(self._buffer) >= self._flush_records or time.monotonic() - self._last_flush >= self._flush_seconds:
+                self._flush_locked()
+
+    def flush(self) -> None:
+        with self._lock:
+            self._flush_locked()
+
+    def _flush_locked(self) -> None:
+        self._last_flush = time.monotonic()
+        if not self._buffer or self._closed:
+            return
+        data = ("\n".join(self._buffer) + "\n").encode("utf-8")
+        self._buffer.clear()
+        view = memoryview(data)
+        while view:
+            written = os.write(self._fd, view)
+            view = view[written:]
+
+    def close(self) -> None:
+        with self._lock:
+            self._flush_locked()
+            if not self._closed:
+                self._closed = True
+                os.close(self._fd)
+
+    def __enter__(self) -> "HistoryWriter":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def read_records(path: str | Path) -> Iterator[dict[str, Any]]:
+    """Records of one history file; a torn or garbled line is skipped."""
+    try:
+        with open(path, "rb") as handle:
+            for raw in handle:
+                if not raw.endswith(b"\n"):
+                    break  # torn last line
+                try:
+                    rec = json.loads(raw)
+                except ValueError:
+                    continue
+                if isinstance(rec, dict):
+                    yield rec
+    except FileNotFoundError:
+        return
+
+
+def read_history(history_dir: str | Path) -> list[dict[str, Any]]:
+    """Every record of a run's history folder, sorted by time."""
+    records: list[dict[str, Any]] = []
+    folder = Path(history_dir)
+    if not folder.is_dir():
+        return records
+    for path in sorted(folder.glob("*.jsonl")):
+        records.extend(read_records(path))
+    records.sort(key=lambda r: r.get("t", 0.0))
+    return records
+
+
+def by_type(records: list[dict[str, Any]], *types: str) -> list[dict[str, Any]]:
+    wanted = set(types)
+    return [r for r in records if r.get("type") in wanted]
