@@ -148,13 +148,16 @@ def write_worker_specs(ctx: RunContext, facts: dict[str, Any], seed: int, sqlite
                                          log_path=run_dir / "logs" / f"{name}.log"))
 
 
-def start_worker(ctx: RunContext, worker: WorkerProcess, sqlite_paths: list[str]) -> None:
+def start_worker(ctx: RunContext, worker: WorkerProcess, sqlite_paths: list[str],
+                 extra_env: dict[str, str] | None = None) -> None:
     log = open(worker.log_path, "ab")
+    env = _worker_env(sqlite_paths)
+    env.update(extra_env or {})
     try:
         worker.popen = subprocess.Popen(
             [sys.executable, "-m", "harness.workers", str(worker.spec_path)],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            env=_worker_env(sqlite_paths), close_fds=True,
+            env=env, close_fds=True,
         )
     finally:
         log.close()
@@ -239,7 +242,8 @@ def execute_run(scenario: Scenario, run_dir: Path, template: Path, *, seed: int,
     interrupted: BaseException | None = None
     try:
         for worker in ctx.workers:
-            start_worker(ctx, worker, sqlite_paths)
+            extra_env = faults.worker_env(worker.name, worker.role) if faults is not None else None
+            start_worker(ctx, worker, sqlite_paths, extra_env)
         _wait_ready(ctx)
         ctx.sampler.start()
         (run_dir / "control" / "go").touch()

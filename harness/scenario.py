@@ -152,6 +152,11 @@ def register_fault_section(name: str, cls: type) -> None:
     FAULT_SECTIONS[name] = cls
 
 
+def _load_fault_sections() -> None:
+    """Fault modules register their sections when the faults package is imported."""
+    import harness.faults  # noqa: F401
+
+
 # --------------------------------------------------------------- value parsing
 _DURATION_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(ms|s|sec|m|min|h)?\s*$", re.I)
 _SIZE_RE = re.compile(r"^\s*(-?[0-9]+)\s*(b|k|kb|kib|m|mb|mib|g|gb|gib)?\s*$", re.I)
@@ -276,6 +281,7 @@ def parse_set_value(text: str) -> Any:
 
 # ------------------------------------------------------------------- key table
 def known_keys(roles: tuple[str, ...] = ROLES) -> list[str]:
+    _load_fault_sections()
     keys = list(_SCALAR_TOP)
     for section, cls in _SECTIONS.items():
         keys += [f"{section}.{f.name}" for f in dataclasses.fields(cls)]
@@ -382,6 +388,7 @@ def scenario_from_dict(data: dict, *, source: str = "<dict>", default_name: str 
     """Build a Scenario from a parsed TOML-like dict. Raises ScenarioError."""
     if not isinstance(data, dict):
         raise ScenarioError(source, None, "a scenario must be a table")
+    _load_fault_sections()
     data = copy.deepcopy(data)
     scenario = Scenario(name=default_name, source=source)
     workers = data.pop("workers", None)

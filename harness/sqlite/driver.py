@@ -67,9 +67,12 @@ def is_sqlite_error(exc: BaseException) -> bool:
 class Connection:
     """A connection in autocommit mode; statements return lists of tuples."""
 
-    def __init__(self, path: str, *, driver: str = "stdlib", busy_timeout_ms: int = 1000, readonly: bool = False):
+    def __init__(self, path: str, *, driver: str = "stdlib", busy_timeout_ms: int = 1000, readonly: bool = False,
+                 vfs: str | None = None):
         self.driver = driver
         self.path = str(path)
+        if vfs and driver != "apsw":
+            raise ValueError(f"a VFS ({vfs}) needs the apsw driver")
         if driver == "stdlib":
             import sqlite3
 
@@ -88,7 +91,7 @@ class Connection:
             import apsw
 
             flags = apsw.SQLITE_OPEN_READONLY if readonly else apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
-            self._conn = apsw.Connection(self.path, flags=flags)
+            self._conn = apsw.Connection(self.path, flags=flags, vfs=vfs) if vfs else apsw.Connection(self.path, flags=flags)
             self._conn.setbusytimeout(int(busy_timeout_ms))
             self.sqlite_version = apsw.sqlite_lib_version()
         else:
@@ -155,8 +158,9 @@ class Connection:
         self.close()
 
 
-def connect(path: str, *, driver: str = "stdlib", busy_timeout_ms: int = 1000, readonly: bool = False) -> Connection:
-    return Connection(path, driver=driver, busy_timeout_ms=busy_timeout_ms, readonly=readonly)
+def connect(path: str, *, driver: str = "stdlib", busy_timeout_ms: int = 1000, readonly: bool = False,
+            vfs: str | None = None) -> Connection:
+    return Connection(path, driver=driver, busy_timeout_ms=busy_timeout_ms, readonly=readonly, vfs=vfs)
 
 
 def library_info(driver: str = "stdlib") -> dict:

@@ -20,6 +20,7 @@ import time
 import traceback
 from pathlib import Path
 
+from harness.faults.worker_side import worker_hooks
 from harness.history import HistoryWriter
 from harness.sqlite.driver import library_info
 from harness.workers.roles import ROLE_CLASSES, WorkerContext
@@ -85,7 +86,15 @@ def main(spec_path: str) -> int:
         history.close()
         return EXIT_VERSION_MISMATCH
 
-    ctx = WorkerContext(spec=spec, history=history, stop=stop)
+    try:
+        hooks = worker_hooks(spec)
+        hooks.install(spec, history, stop)
+    except Exception as exc:
+        history.record({"type": "worker_error", "worker": name, "t": time.time(),
+                        "msg": f"fault hooks failed: {exc!r}", "traceback": traceback.format_exc(limit=8)})
+        history.close()
+        return EXIT_CRASH
+    ctx = WorkerContext(spec=spec, history=history, stop=stop, vfs_name=hooks.vfs_name)
     role_cls = ROLE_CLASSES[role]
     threads_n = int(spec["worker"]["threads"])
     ready = threading.Barrier(threads_n + 1)
@@ -143,6 +152,7 @@ def main(spec_path: str) -> int:
                 thread.join(timeout=_GRACE_SECONDS)
             break
     history.record({"type": "worker_stop", "worker": name, "t": time.time(), "failures": failures})
+    hooks.close()
     history.close()
     ctx.close()
     done.set()

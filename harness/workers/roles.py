@@ -34,6 +34,7 @@ class WorkerContext:
     spec: dict
     history: HistoryWriter
     stop: threading.Event
+    vfs_name: str | None = None
     _ledgers: list[LedgerWriter] = field(default_factory=list)
 
     def ledger(self, thread_index: int) -> LedgerWriter:
@@ -68,7 +69,8 @@ class Actor:
     # ----------------------------------------------------------- connections
     def open(self) -> Connection:
         spec = self.spec
-        conn = connect(spec["db_path"], driver=spec["driver"], busy_timeout_ms=spec["busy_timeout_ms"])
+        conn = connect(spec["db_path"], driver=spec["driver"], busy_timeout_ms=spec["busy_timeout_ms"],
+                       vfs=self.ctx.vfs_name)
         try:
             pragmas = []
             if spec["synchronous"] != "default":
