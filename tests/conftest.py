@@ -1,0 +1,36 @@
+"""Shared fixtures: a template cache per test session (per xdist worker)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("walstress-cache")
+    os.environ.setdefault("WALSTRESS_CACHE_DIR", str(path))
+    return path
+
+
+def small_scenario(**overrides) -> dict:
+    """A tiny but real scenario: minimal schema, 2 writers, a reader, a checkpointer, an opener."""
+    data = {
+        "name": "tiny",
+        "seed": 7,
+        "duration": "3s",
+        "expect": "clean",
+        "database": {"schema": "minimal", "pages": 300},
+        "checkpoint": {"mode": "TRUNCATE", "every_writes": 20, "interval_ms": 300},
+        "workers": [
+            {"role": "writer", "count": 2},
+            {"role": "reader", "count": 1},
+            {"role": "checkpointer", "count": 1},
+            {"role": "opener", "count": 1, "pause_ms": 20},
+        ],
+    }
+    for key, value in overrides.items():
+        data[key] = value
+    return data

@@ -1,0 +1,172 @@
+"""End to end on real SQLite and real processes: clean, lost writes, corruption, killed controllers."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jsonschema
+import psutil
+import pytest
+
+from conftest import small_scenario
+from harness import run
+from harness.checks.btree import btree_roots, page_owners
+from harness.checks.ledger import expected_states
+from harness.history import read_history, read_records
+from harness.judge import judge_run
+from harness.ledger import read_ledger
+
+ROOT = Path(__file__).resolve().parent.parent
+SCHEMA = json.loads((ROOT / "harness" / "schema" / "results.schema.json").read_text())
+
+
+def worker_pids(run_dir: Path) -> list[int]:
+    return [r["pid"] for r in read_records(run_dir / "history" / "controller.jsonl") if r.get("type") == "worker_spawn"]
+
+
+def alive(pid: int) -> bool:
+    try:
+        proc = psutil.Process(pid)
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+@pytest.fixture(scope="module")
+def clean_run(tmp_path_factory, cache_dir):
+    out = tmp_path_factory.mktemp("clean")
+    result = run(small_scenario(), out, cache_dir=cache_dir)
+    return result, out
+
+
+def test_healthy_run_is_clean_and_results_follow_the_schema(clean_run):
+    result, out = clean_run
+    jsonschema.validate(result.data, SCHEMA)
+    assert result.ok and result.verdicts == ["clean"]
+    run_result = result.runs[0]
+    assert run_result["writes"]["acked"] > 50
+    assert run_result["writes"]["present"] == run_result["writes"]["acked"]
+    assert run_result["integrity"]["ok"] and run_result["integrity"]["fts"] == {"messages_fts": "ok"}
+    assert run_result["sqlite"]["worker_versions"] == [sqlite3.sqlite_version]
+    assert all(w["sqlite_version"] == sqlite3.sqlite_version for w in run_result["workers"])
+    assert run_result["checkpoints"]["count"] > 0
+    assert all(len(row) == 3 for row in run_result["checkpoints"]["rows"])
+    assert {"write", "read", "open"} <= set(run_result["latency_ms"])
+    # the sampler runs at >= 50 Hz (allow for start/stop edges and a loaded machine)
+    assert run_result["samples"] >= 0.7 * 50 * run_result["duration_s"]
+    # every worker was reaped
+    for pid in worker_pids(Path(run_result["run_dir"])):
+        assert not alive(pid)
+
+
+def test_template_is_cached_for_the_second_run(clean_run, tmp_path, cache_dir):
+    result, _ = clean_run
+    second = run(small_scenario(duration="1s"), tmp_path / "again", cache_dir=cache_dir)
+    assert second.data["templates"][0]["built_now"] is False
+    assert second.data["templates"][0]["path"] == result.data["templates"][0]["path"]
+
+
+def copy_run(run_dir: Path, dest: Path) -> Path:
+    shutil.copytree(run_dir, dest)
+    meta = json.loads((dest / "scenario.json").read_text())
+    (dest / "scenario.json").write_text(json.dumps(meta))
+    return dest
+
+
+def test_rows_removed_behind_the_harness_back_are_lost_writes(clean_run, tmp_path):
+    result, _ = clean_run
+    run_dir = copy_run(Path(result.runs[0]["run_dir"]), tmp_path / "run")
+    expected, _ = expected_states(read_ledger(run_dir / "ledger"))
+    present = sorted(i for i, (action, _) in expected.items() if action in "IU")
+    victims = present[:: max(1, len(present) // 3)][:3]
+    conn = sqlite3.connect(run_dir / "db" / "state.db")
+    with conn:
+        conn.executemany("DELETE FROM messages WHERE id = ?", [(i,) for i in victims])
+    conn.close()
+    judged = judge_run(run_dir)
+    assert judged["verdict"] == "lost-writes", judged["reason"]
+    assert judged["writes"]["lost_ids"] == sorted(victims)
+    assert str(victims[0]) in judged["reason"]
+    assert (run_dir / "checks" / "lost_ids.txt").read_text().split() == [str(i) for i in sorted(victims)]
+
+
+def test_a_damaged_btree_page_is_corrupt_and_named(clean_run, tmp_path):
+    result, _ = clean_run
+    run_dir = copy_run(Path(result.runs[0]["run_dir"]), tmp_path / "run")
+    db = run_dir / "db" / "state.db"
+    conn = sqlite3.connect(db)
+    roots = btree_roots(conn)
+    conn.close()
+    owners = page_owners(db, roots)
+    root = next(p for p, name in roots.items() if name == "messages")
+    victim = max(p for p, name in owners.items() if name == "messages" and p != root)
+    page_size = 4096
+    with open(db, "r+b") as handle:  # a private copy of a finished run: no live connection exists
+        handle.seek((victim - 1) * page_size + 8)
+        handle.write(os.urandom(page_size - 8))
+    judged = judge_run(run_dir)
+    assert judged["verdict"] == "corrupt"
+    assert "messages" in judged["reason"]
+    assert "messages" in judged["integrity"]["damaged_objects"]
+
+
+def test_killed_controller_leaves_no_worker_and_keeps_history(tmp_path):
+    scenario = tmp_path / "s.toml"
+    scenario.write_text(
+        'duration = "60s"\n[database]\nschema = "minimal"\npages = 300\n'
+        '[[workers]]\nrole = "writer"\ncount = 2\n[[workers]]\nrole = "reader"\ncount = 1\n'
+    )
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "harness", "run", str(scenario), "--out", str(out),
+                             "--cache-dir", str(tmp_path / "cache"), "--quiet"], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run_dir = out / "cell-000" / "run-000"
+    deadline = time.monotonic() + 60
+    while not (run_dir / "control" / "go").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert (run_dir / "control" / "go").exists(), "the run never started"
+    time.sleep(1.5)
+    pids = worker_pids(run_dir)
+    assert len(pids) == 3
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    time.sleep(5)
+    assert [pid for pid in pids if alive(pid)] == []
+    records = read_history(run_dir / "history")
+    assert sum(1 for r in records if r.get("type") == "op") > 10
+    assert {r["worker"] for r in records if r.get("type") == "worker_stop"} == {"writer-0", "writer-1", "reader-0"}
+    # the run dir can still be judged; it says partial
+    judged = judge_run(run_dir)
+    assert judged["partial"] is True
+    assert judged["verdict"] == "clean", judged["reason"]
+    assert "partial" in judged["reason"]
+
+
+def test_ctrl_c_stops_every_worker(tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "harness", "run", str(ROOT / "scenarios" / "smoke.toml"),
+                             "--set", "database.pages=300", "--duration", "60", "--out", str(out),
+                             "--cache-dir", str(tmp_path / "cache"), "--quiet"], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    run_dir = out / "cell-000" / "run-000"
+    deadline = time.monotonic() + 60
+    while not (run_dir / "control" / "go").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)
+    pids = worker_pids(run_dir)
+    assert pids
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert b"interrupted" in err
+    assert [pid for pid in pids if alive(pid)] == []
+    exits = [r for r in read_records(run_dir / "history" / "controller.jsonl") if r.get("type") == "worker_exit"]
+    assert len(exits) == len(pids)
