@@ -118,22 +118,28 @@ def test_a_damaged_btree_page_is_corrupt_and_named(clean_run, tmp_path):
     assert "messages" in judged["integrity"]["damaged_objects"]
 
 
-def test_killed_controller_leaves_no_worker_and_keeps_history(tmp_path):
-    scenario = tmp_path / "s.toml"
-    scenario.write_text(
-        'duration = "60s"\n[database]\nschema = "minimal"\npages = 300\n'
-        '[[workers]]\nrole = "writer"\ncount = 2\n[[workers]]\nrole = "reader"\ncount = 1\n'
-    )
+def start_controller(tmp_path: Path, args: list[str]) -> tuple[subprocess.Popen, Path]:
+    """`walstress run ARGS` in a child process; returns once its workers are running."""
     out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-m", "harness", "run", str(scenario), "--out", str(out),
+    proc = subprocess.Popen([sys.executable, "-m", "harness", "run", *args, "--out", str(out),
                              "--cache-dir", str(tmp_path / "cache"), "--quiet"], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     run_dir = out / "cell-000" / "run-000"
     deadline = time.monotonic() + 60
     while not (run_dir / "control" / "go").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert (run_dir / "control" / "go").exists(), "the run never started"
     time.sleep(1.5)
+    return proc, run_dir
+
+
+def test_killed_controller_leaves_no_worker_and_keeps_history(tmp_path):
+    scenario = tmp_path / "s.toml"
+    scenario.write_text(
+        'duration = "60s"\n[database]\nschema = "minimal"\npages = 300\n'
+        '[[workers]]\nrole = "writer"\ncount = 2\n[[workers]]\nrole = "reader"\ncount = 1\n'
+    )
+    proc, run_dir = start_controller(tmp_path, [str(scenario)])
     pids = worker_pids(run_dir)
     assert len(pids) == 3
     os.kill(proc.pid, signal.SIGKILL)
@@ -151,16 +157,8 @@ def test_killed_controller_leaves_no_worker_and_keeps_history(tmp_path):
 
 
 def test_ctrl_c_stops_every_worker(tmp_path):
-    out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-m", "harness", "run", str(ROOT / "scenarios" / "smoke.toml"),
-                             "--set", "database.pages=300", "--duration", "60", "--out", str(out),
-                             "--cache-dir", str(tmp_path / "cache"), "--quiet"], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    run_dir = out / "cell-000" / "run-000"
-    deadline = time.monotonic() + 60
-    while not (run_dir / "control" / "go").exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(1.0)
+    proc, run_dir = start_controller(tmp_path, [str(ROOT / "scenarios" / "smoke.toml"), "--set",
+                                                "database.pages=300", "--duration", "60"])
     pids = worker_pids(run_dir)
     assert pids
     proc.send_signal(signal.SIGINT)
