@@ -9,7 +9,7 @@ Record types (field ``type``), all times are epoch seconds (``t``):
     op          worker, thread, kind, t, ms, ok, err (class or null), msg
     checkpoint  worker, thread, t, ms, mode, source, busy, log, checkpointed, err
     sample      t, db_bytes, wal_bytes, shm_bytes
-    proc        t, pids: {worker: [cpu_seconds, read_bytes, write_bytes]}
+    proc        t, procs: {worker: [cpu_seconds, read_bytes, write_bytes]}
     worker_start / worker_ready / worker_exit   worker, role, pid, t, ...
     fault       name, t, t_end, target, detail
     run_start / run_stop / note

@@ -28,7 +28,7 @@ class Sampler(threading.Thread):
     """Records a ``sample`` (sizes) every period and a ``proc`` reading every few samples."""
 
     def __init__(self, db_path: Path, history: HistoryWriter, pids: Callable[[], dict[str, int]],
-                 *, hz: float = 50.0, proc_every: int = 5):
+                 *, hz: float = 50.0, proc_every: int = 1):
         super().__init__(name="walstress-sampler", daemon=True)
         self.db_path = str(db_path)
         self.history = history
