@@ -19,21 +19,43 @@ def human_bytes(value: float | int | None) -> str:
     return f"{value:.1f} GiB"
 
 
-def _count_lines(path: Path, cache: dict[Path, tuple[int, int]]) -> int:
-    """Approximate op count of a history file: new lines since the last call (cheap)."""
-    try:
-        size = path.stat().st_size
-    except OSError:
-        return cache.get(path, (0, 0))[1]
-    offset, count = cache.get(path, (0, 0))
-    if size > offset:
-        with open(path, "rb") as handle:
-            handle.seek(offset)
-            chunk = handle.read(size - offset)
-        count += chunk.count(b"\n")
-        offset = size
-    cache[path] = (offset, count)
-    return count
+class _HistoryTail:
+    """Counts in the history files of a running run, reading only what was appended since last time.
+
+    Only whole lines are counted (a flush may be half written); no JSON is
+    parsed: operation records and records with an error class are found by
+    their fixed ``"type":"op"`` and ``"err":"`` spellings.
+    """
+
+    OP = b'"type":"op"'
+    ERROR = b'"err":"'
+
+    def __init__(self) -> None:
+        self.offsets: dict[Path, int] = {}
+        self.ops = 0
+        self.errors = 0
+
+    def update(self, history: Path) -> None:
+        for path in history.glob("*.jsonl"):
+            if path.name in ("sampler.jsonl", "controller.jsonl"):
+                continue
+            try:
+                size = path.stat().st_size
+            except OSError:
+                continue
+            offset = self.offsets.get(path, 0)
+            if size <= offset:
+                continue
+            with open(path, "rb") as handle:
+                handle.seek(offset)
+                chunk = handle.read(size - offset)
+            end = chunk.rfind(b"\n") + 1
+            if end == 0:
+                continue
+            chunk = chunk[:end]
+            self.offsets[path] = offset + end
+            self.ops += chunk.count(self.OP)
+            self.errors += chunk.count(self.ERROR)
 
 
 class Console:
@@ -46,7 +68,7 @@ class Console:
         self.plain_every_s = plain_every_s
         self._last_plain = 0.0
         self._line_open = False
-        self._counts: dict[Path, tuple[int, int]] = {}
+        self._tail = _HistoryTail()
         self._rate_mark: tuple[float, int] | None = None
 
     def _print(self, text: str) -> None:
@@ -74,50 +96,60 @@ class Console:
         self._print(f"template {path.name} ({how})")
 
     def run_started(self, cell: Any, index: int, repeats: int, run_dir: Path) -> None:
-        self._counts.clear()
+        self._tail = _HistoryTail()
         self._rate_mark = None
         self._last_plain = time.monotonic()
         self._print(f"[{cell.cell_id}] {cell.label}  run {index + 1}/{repeats}  -> {run_dir}")
 
-    def run_progress(self, cell: Any, index: int, info: dict[str, Any]) -> None:
-        if self.quiet:
-            return
-        history = Path(info["run_dir"]) / "history"
-        ops = errors = 0
-        for path in history.glob("*-*.jsonl"):
-            ops += _count_lines(path, self._counts)
+    def progress_line(self, cell: Any, info: dict[str, Any]) -> str:
+        """One progress line: elapsed / duration, ops/s, WAL size, errors so far, live workers."""
+        self._tail.update(Path(info["run_dir"]) / "history")
         now = time.monotonic()
+        ops = self._tail.ops
         rate = 0.0
         if self._rate_mark is not None and now > self._rate_mark[0]:
             rate = (ops - self._rate_mark[1]) / (now - self._rate_mark[0])
+        elif info.get("elapsed"):
+            rate = ops / max(float(info["elapsed"]), 1e-6)
         self._rate_mark = (now, ops)
-        line = (f"  {info['elapsed']:5.1f}/{info['duration']:.0f} s  {rate:7.0f} rec/s  "
-                f"WAL {human_bytes(info['wal_bytes']):>10}  workers {info['live_workers']}")
-        del errors
+        return (f"  [{getattr(cell, 'cell_id', '?')}] {info['elapsed']:5.1f}/{info['duration']:.0f} s  "
+                f"{rate:7.0f} ops/s  WAL {human_bytes(info.get('wal_bytes')):>10}  "
+                f"errors {self._tail.errors}  workers {info.get('live_workers', '-')}")
+
+    def run_progress(self, cell: Any, index: int, info: dict[str, Any]) -> None:
+        if self.quiet:
+            return
+        now = time.monotonic()
         if self.tty:
-            self.stream.write("\r" + line + "\x1b[K")
+            self.stream.write("\r" + self.progress_line(cell, info) + "\x1b[K")
             self.stream.flush()
             self._line_open = True
         elif now - self._last_plain >= self.plain_every_s:
             self._last_plain = now
-            self._print(line)
+            self._print(self.progress_line(cell, info))
 
     def run_finished(self, cell: Any, index: int, result: dict[str, Any]) -> None:
         writes = result["writes"]
-        self._print(f"  -> {result['verdict'].upper()}: {result['reason']}  "
+        partial = "  PARTIAL" if result.get("partial") else ""
+        self._print(f"  -> {result['verdict'].upper()}{partial}: {result['reason']}  "
                     f"(acked {writes['acked']}, lost {writes['lost']}, WAL peak {human_bytes(result['wal_peak_bytes'])})")
 
 
 def summary_table(results: dict[str, Any]) -> str:
-    header = ["cell", "params", "expect", "runs", "clean", "corrupt", "lost", "errors", "WAL peak", "write p99", "ok"]
+    """The end-of-run table: one row per cell (worst run for latencies and WAL)."""
+    header = ["cell", "params", "expect", "runs", "clean", "corrupt", "lost", "errors", "WAL peak",
+              "write p99", "write max", "ok"]
     rows = [header]
     for cell in results["cells"]:
-        p99s = [r["latency_ms"].get("write", {}).get("p99_ms") for r in cell["results"]]
-        p99s = [p for p in p99s if p is not None]
+        writes = [r["latency_ms"].get("write", {}) for r in cell["results"]]
+        p99s = [w.get("p99_ms") for w in writes if w.get("p99_ms") is not None]
+        maxes = [w.get("max_ms") for w in writes if w.get("max_ms") is not None]
+        partial = any(r.get("partial") for r in cell["results"])
         rows.append([
             cell["cell_id"], cell["label"][:40], cell["expect"], str(cell["runs"]), str(cell["clean"]),
             str(cell["corrupt"]), str(cell["lost"]), str(cell["errors"]), human_bytes(cell["wal_peak_bytes"]),
-            f"{max(p99s):.1f} ms" if p99s else "-", "yes" if cell["matches_expect"] else "NO",
+            f"{max(p99s):.1f} ms" if p99s else "-", f"{max(maxes):.0f} ms" if maxes else "-",
+            ("yes" if cell["matches_expect"] else "NO") + (" (partial)" if partial else ""),
         ])
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = ["  ".join(value.ljust(widths[i]) for i, value in enumerate(row)).rstrip() for row in rows]
