@@ -133,6 +133,10 @@ def write_worker_specs(ctx: RunContext, facts: dict[str, Any], seed: int, sqlite
             "checkpoint": {
                 "mode": scenario.checkpoint.mode, "every_writes": scenario.checkpoint.every_writes,
                 "interval_ms": scenario.checkpoint.interval_ms, "on_close": scenario.checkpoint.on_close,
+                "fts_maintenance": scenario.checkpoint.fts_maintenance,
+                "fts_merge_pages": scenario.checkpoint.fts_merge_pages,
+                "fts_every_writes": scenario.checkpoint.fts_every_writes,
+                "after_fts_maintenance": scenario.checkpoint.after_fts_maintenance,
             },
             "worker": worker_to_dict(spec),
             "thread_partition_base": base, "thread_partition_total": partition_total,
@@ -172,6 +176,7 @@ def stop_workers(ctx: RunContext, grace_seconds: float = STOP_GRACE_SECONDS) -> 
     for worker in live:
         worker.stopped_by_controller = True
         _signal(worker, signal.SIGTERM)
+        _signal(worker, signal.SIGCONT)  # a worker still frozen by a pause fault must run to stop
     deadline = time.monotonic() + grace_seconds
     for worker in live:
         remaining = max(0.0, deadline - time.monotonic())

@@ -13,6 +13,7 @@ from typing import Any
 
 from harness.checks.integrity import run_integrity
 from harness.checks.ledger import check_ledger
+from harness.faults.summary import summarize_faults
 from harness.history import by_type, read_history
 from harness.metrics import summarize_history
 from harness.verdict import decide
@@ -94,6 +95,11 @@ def judge_run(run_dir: str | Path) -> dict[str, Any]:
     verdict, reason = decide(integrity=integrity_dict, ledger=ledger_dict, summary=summary,
                              worker_problems=problems, writers_expected=writers_expected and not partial,
                              check_error=check_error)
+    # I/O faults: VFS counters, throttle rate, power-cut loss classification (may turn
+    # losses after the last sync under synchronous=NORMAL into "clean", when allowed)
+    from harness.faults.power_loss import judge_io_faults
+
+    verdict, reason, io_extras = judge_io_faults(run_dir, records, ledger_dict, scenario, verdict, reason)
     if partial and verdict == "clean":
         reason += " (partial run: the controller did not finish)"
     if integrity_dict is not None:
@@ -137,8 +143,10 @@ def judge_run(run_dir: str | Path) -> dict[str, Any]:
         "errors_by_worker": summary["errors_by_worker"],
         "error_examples": summary["error_examples"],
         "faults": faults,
+        "fault_summary": summarize_faults(faults),
         "samples": summary["samples"],
         "judged_at": time.time(),
     }
+    result.update(io_extras)
     (run_dir / "run.json").write_text(json.dumps(result, indent=1, default=str))
     return result

@@ -7,6 +7,25 @@ usual TOML table form. Worker entries (``[[workers]]``) are addressed as
 
 Errors raise :class:`ScenarioError` naming the file, the key and what is
 allowed; the command line turns it into one line and exit code 2.
+
+Per-cell expectations: ``expect``/``expect_fraction`` hold for every cell
+unless an ``[[expect_when]]`` rule matches the cell. Each rule is
+``match = {"KEY" = value, ...}`` (dotted keys, values checked like any
+setting), ``expect = "..."`` and an optional ``fraction``; the first rule
+whose every key equals the cell's value sets that cell's expectation (rules
+win over ``expect``, also over ``--set expect=...``)::
+
+    [[expect_when]]
+    match = {"faults.lock_breaker.enabled" = true}
+    expect = "damaged"
+    fraction = 0.8
+
+Checkpoint strategies (``checkpoint.*``): ``mode`` x trigger, where the
+trigger is ``every_writes`` (on each writer's own connection), checkpointer
+workers (``interval_ms``), ``on_close``, ``after_fts_maintenance`` (writers
+run FTS5 ``'optimize'`` or ``('merge', fts_merge_pages)`` every
+``fts_every_writes`` commits, then checkpoint), or none of them with
+``mode = "NONE"`` (only ``database.wal_autocheckpoint``).
 """
 
 from __future__ import annotations
@@ -32,7 +51,7 @@ else:  # pragma: no cover - exercised on 3.10 only
 CHECKPOINT_MODES = ("PASSIVE", "FULL", "RESTART", "TRUNCATE", "NONE")
 VERDICTS = ("clean", "lost-writes", "corrupt", "errors")
 EXPECTATIONS = VERDICTS + ("damaged", "any")
-ROLES = ("writer", "reader", "checkpointer", "opener")
+ROLES = ("writer", "reader", "checkpointer", "opener", "wal-reset-race")
 
 
 def _meta(*, choices=None, min=None, max=None, kind=None, doc=""):
@@ -72,6 +91,11 @@ class CheckpointSettings:
     every_writes: int = _field(0, min=0, doc="writers checkpoint on their own connection every N commits (0: off)")
     interval_ms: int = _field(1000, min=1, max=3_600_000, kind="ms", doc="period of checkpointer workers")
     on_close: bool = _field(False, doc="checkpoint with the mode before closing a connection")
+    fts_maintenance: str = _field("none", choices=("none", "optimize", "merge"),
+                                  doc="writers run FTS5 'optimize' or ('merge', fts_merge_pages) on every FTS table")
+    fts_merge_pages: int = _field(500, min=1, max=1_000_000, doc="N of INSERT INTO fts(fts, rank) VALUES('merge', N)")
+    fts_every_writes: int = _field(200, min=1, doc="FTS5 maintenance every N commits of each writer thread")
+    after_fts_maintenance: bool = _field(False, doc="checkpoint with the mode right after each FTS5 maintenance")
 
 
 @dataclass
@@ -91,6 +115,9 @@ class WorkerSpec:
     hold_ms: int = _field(0, min=0, max=3_600_000, kind="ms", doc="keep each read transaction open this long")
     # opener
     write_probability: float = _field(0.2, min=0.0, max=1.0, doc="share of opener visits that write")
+    # wal-reset-race (harness/workers/walrace.py)
+    rounds: int = _field(0, min=0, max=100_000_000, doc="wal-reset-race: rounds to run, 0 = until the run ends")
+    stop_on_loss: bool = _field(True, doc="wal-reset-race: stop once a canary write is seen lost")
 
 
 @dataclass
@@ -108,6 +135,7 @@ class Scenario:
     faults: dict = field(default_factory=dict)
     workers: list = field(default_factory=list)
     matrix: dict = field(default_factory=dict)
+    expect_when: list = field(default_factory=list)
     source: str = ""
 
     # ------------------------------------------------------------------ views
@@ -325,12 +353,34 @@ def _flatten_table(table: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _set_sqlite_library(scenario: Scenario, value: Any, source: str) -> None:
+    """The key ``sqlite`` sets driver and version at once, so one matrix axis can
+    mix them: "stdlib" (the system SQLite), "apsw" (the installed apsw) or an
+    SQLite version such as "3.51.2" (apsw built with that SQLite)."""
+    text = value.strip().strip('"') if isinstance(value, str) else None
+    if text in ("stdlib", "system"):
+        driver, version = "stdlib", "system"
+    elif text == "apsw":
+        driver, version = "apsw", "system"
+    elif text is not None and re.fullmatch(r"3\.\d+\.\d+", text):
+        driver, version = "apsw", text
+    else:
+        shown = json.dumps(value) if not isinstance(value, str) else value
+        raise ScenarioError(source, "sqlite", f'{shown} is not allowed; expected "stdlib", "apsw" or an SQLite '
+                                              'version such as "3.51.3" (loaded through apsw)')
+    scenario.sqlite.driver = driver
+    scenario.sqlite.version = version
+
+
 def apply_setting(scenario: Scenario, key: str, value: Any, *, source: str, from_text: bool = False) -> None:
     """Set one dotted key on a scenario, checking it."""
     parts = key.split(".")
     top = parts[0]
     if len(parts) == 1 and top in _SCALAR_TOP:
         _set_checked(source, key, scenario, _field_of(Scenario, top), value, from_text=from_text)
+        return
+    if key == "sqlite":
+        _set_sqlite_library(scenario, value, source)
         return
     if top in _SECTIONS and len(parts) == 2:
         f = _field_of(_SECTIONS[top], parts[1])
@@ -394,6 +444,7 @@ def scenario_from_dict(data: dict, *, source: str = "<dict>", default_name: str 
     workers = data.pop("workers", None)
     matrix = data.pop("matrix", {})
     faults = data.pop("faults", {})
+    expect_when = data.pop("expect_when", [])
     if workers is None:
         scenario.workers = _default_workers()
     else:
@@ -410,8 +461,72 @@ def scenario_from_dict(data: dict, *, source: str = "<dict>", default_name: str 
         raise ScenarioError(source, "matrix", "must be a table of key = [values]")
     for key, values in _flatten_matrix(matrix).items():
         add_matrix_axis(scenario, key, values, source=source)
+    scenario.expect_when = _build_expect_when(scenario, expect_when, source)
     validate(scenario)
     return scenario
+
+
+def key_value(scenario: Scenario, key: str) -> Any:
+    """The value of one dotted key (fault keys and workers.<role>.<key> included)."""
+    parts = key.split(".")
+    if parts[0] == "faults" and len(parts) == 3 and parts[1] in FAULT_SECTIONS:
+        section = scenario.faults.get(parts[1]) or FAULT_SECTIONS[parts[1]]()
+        return getattr(section, parts[2])
+    if parts[0] == "workers" and len(parts) == 3:
+        entries = [w for w in scenario.workers if w.role == parts[1]]
+        if not entries:
+            return 0 if parts[2] == "count" else None
+        return getattr(entries[0], parts[2])
+    return scenario.get(key)
+
+
+def _build_expect_when(scenario: Scenario, rules: Any, source: str) -> list[dict]:
+    """[[expect_when]] tables -> [{"match": {key: value}, "expect": str, "fraction": float | None}]."""
+    if not isinstance(rules, list):
+        raise ScenarioError(source, "expect_when", "must be an array of tables ([[expect_when]])")
+    out = []
+    for index, rule in enumerate(rules):
+        where = f"expect_when[{index}]"
+        if not isinstance(rule, dict):
+            raise ScenarioError(source, where, "each [[expect_when]] entry must be a table")
+        unknown = sorted(set(rule) - {"match", "expect", "fraction"})
+        if unknown:
+            raise ScenarioError(source, f"{where}.{unknown[0]}", "unknown key; allowed: match, expect, fraction")
+        match = rule.get("match")
+        if not isinstance(match, dict) or not match:
+            raise ScenarioError(source, f"{where}.match", 'must be a non-empty table such as {"checkpoint.mode" = "TRUNCATE"}')
+        checked: dict[str, Any] = {}
+        for key, value in _flatten_table(match).items():
+            probe = copy.deepcopy(scenario)
+            try:
+                apply_setting(probe, key, value, source=source)
+            except ScenarioError as exc:
+                raise ScenarioError(source, f"{where}.match.{key}", exc.message) from None
+            checked[key] = key_value(probe, key)
+        if "expect" not in rule:
+            raise ScenarioError(source, f"{where}.expect", "missing; one of " + ", ".join(EXPECTATIONS))
+        try:
+            expect = coerce_value(_field_of(Scenario, "expect"), rule["expect"])
+        except ValueError as exc:
+            raise ScenarioError(source, f"{where}.expect", f"{json.dumps(rule['expect'])} is not allowed; expected {exc}") from None
+        fraction = None
+        if "fraction" in rule:
+            try:
+                fraction = coerce_value(_field_of(Scenario, "expect_fraction"), rule["fraction"])
+            except ValueError as exc:
+                raise ScenarioError(source, f"{where}.fraction", f"{json.dumps(rule['fraction'])} is not allowed; expected {exc}") from None
+        out.append({"match": checked, "expect": expect, "fraction": fraction})
+    return out
+
+
+def _apply_expect_when(cell_scenario: Scenario, rules: list[dict]) -> None:
+    """The first rule whose every match key equals the cell's value sets the cell's expectation."""
+    for rule in rules:
+        if all(key_value(cell_scenario, key) == value for key, value in rule["match"].items()):
+            cell_scenario.expect = rule["expect"]
+            if rule.get("fraction") is not None:
+                cell_scenario.expect_fraction = rule["fraction"]
+            return
 
 
 def _flatten_matrix(matrix: dict) -> dict[str, Any]:
@@ -456,12 +571,23 @@ def validate(scenario: Scenario) -> None:
     for w in active:
         if w.role == "writer" and w.insert_weight + w.update_weight + w.delete_weight == 0:
             raise ScenarioError(src, "workers.writer.insert_weight", "insert, update and delete weights are all 0")
+        if w.role == "wal-reset-race" and w.threads != 1:
+            raise ScenarioError(src, "workers.wal-reset-race.threads", "must be 1 (the role runs its own racing thread)")
+        if w.role == "wal-reset-race" and (scenario.checkpoint.mode == "NONE" or scenario.database.journal_mode != "WAL"):
+            raise ScenarioError(src, "checkpoint.mode", 'the wal-reset-race role needs WAL and a checkpoint mode other than "NONE"')
     if scenario.checkpoint.mode == "NONE" and scenario.workers_of("checkpointer"):
         raise ScenarioError(src, "checkpoint.mode", 'is "NONE" but the scenario has checkpointer workers')
     if scenario.database.journal_mode != "WAL" and scenario.checkpoint.mode != "NONE" and (
         scenario.checkpoint.every_writes or scenario.workers_of("checkpointer")
     ):
         raise ScenarioError(src, "database.journal_mode", f'checkpoints need journal_mode = "WAL", not "{scenario.database.journal_mode}"')
+    ck = scenario.checkpoint
+    if ck.after_fts_maintenance and ck.fts_maintenance == "none":
+        raise ScenarioError(src, "checkpoint.after_fts_maintenance", 'is true but checkpoint.fts_maintenance is "none"')
+    if ck.after_fts_maintenance and ck.mode == "NONE":
+        raise ScenarioError(src, "checkpoint.after_fts_maintenance", 'is true but checkpoint.mode is "NONE"')
+    if ck.fts_maintenance != "none" and not scenario.workers_of("writer"):
+        raise ScenarioError(src, "checkpoint.fts_maintenance", "is done by writers, but the scenario has no writer workers")
     for section in scenario.faults.values():
         check = getattr(section, "validate", None)
         if check is not None:
@@ -532,6 +658,7 @@ def expand_matrix(scenario: Scenario) -> list[Cell]:
         for (key, _), value in zip(axes, combo):
             apply_setting(cell_scenario, key, value, source=scenario.source)
             params[key] = value
+        _apply_expect_when(cell_scenario, scenario.expect_when)
         validate(cell_scenario)
         cells.append(Cell(index=index, params=params, scenario=cell_scenario))
     return cells

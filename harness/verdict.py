@@ -19,15 +19,19 @@ def decide(*, integrity: dict | None, ledger: dict | None, summary: dict[str, An
     corrupt_during = int(summary.get("corrupt_errors_during_run", 0))
     if integrity is not None:
         fts_bad = {name: text for name, text in (integrity.get("fts") or {}).items() if text != "ok"}
-        if integrity.get("open_error"):
+        if integrity.get("open_error") and not integrity.get("damaged_objects"):
             return "corrupt", f"the final database cannot be checked: {integrity['open_error']}"
         if not integrity.get("ok", False) or fts_bad:
             objects = integrity.get("damaged_objects") or sorted(fts_bad)
-            first = (integrity.get("named_messages") or integrity.get("messages") or [""])[0]
+            lines = integrity.get("named_messages") or integrity.get("messages") or [""]
+            first = next((line for line in lines if not line.startswith("*** in database")), lines[0]).strip()
             if not first and fts_bad:
                 name = next(iter(fts_bad))
                 first = f"{name}: {fts_bad[name]}"
             where = f" in {', '.join(objects[:4])}" if objects else ""
+            if integrity.get("open_error"):
+                first = f"{first[:120]} (then: {integrity['open_error']})" if first and first != "ok" \
+                    else integrity["open_error"]
             return "corrupt", f"integrity check failed{where}: {first[:160]}"
     if corrupt_during:
         example = summary.get("error_examples", {}).get("corrupt", "")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import signal
 import sqlite3
@@ -107,11 +108,15 @@ def test_a_damaged_btree_page_is_corrupt_and_named(clean_run, tmp_path):
     conn.close()
     owners = page_owners(db, roots)
     root = next(p for p, name in roots.items() if name == "messages")
-    victim = max(p for p, name in owners.items() if name == "messages" and p != root)
     page_size = 4096
     with open(db, "r+b") as handle:  # a private copy of a finished run: no live connection exists
+        def is_table_btree_page(page: int) -> bool:  # not an overflow page: its bytes are row content
+            handle.seek((page - 1) * page_size)
+            return handle.read(1) in (b"\x05", b"\x0d")
+
+        victim = max(p for p, name in owners.items() if name == "messages" and p != root and is_table_btree_page(p))
         handle.seek((victim - 1) * page_size + 8)
-        handle.write(os.urandom(page_size - 8))
+        handle.write(random.Random(victim).randbytes(page_size - 8))
     judged = judge_run(run_dir)
     assert judged["verdict"] == "corrupt"
     assert "messages" in judged["reason"]

@@ -5,5 +5,11 @@ model; each fault module registers itself when imported below.
 """
 
 from harness.faults.base import Fault, FaultPlan, FaultSettings, build_plan, register, setting
+from harness.faults import lock_hazards  # noqa: F401,E402  (lock_breaker, fork, two_libraries, wal_unlink)
+from harness.faults import process  # noqa: F401,E402  (kill, pause)
+from harness.faults import vfs  # noqa: F401,E402  (io_delay; the VFS shim)
+from harness.faults import throttle  # noqa: F401,E402  (throttle)
+from harness.faults import fsync  # noqa: F401,E402  (fsync)
+from harness.faults import power_loss  # noqa: F401,E402  (power_loss)
 
 __all__ = ["Fault", "FaultPlan", "FaultSettings", "build_plan", "register", "setting"]

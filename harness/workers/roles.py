@@ -38,7 +38,8 @@ class WorkerContext:
     _ledgers: list[LedgerWriter] = field(default_factory=list)
 
     def ledger(self, thread_index: int) -> LedgerWriter:
-        path = Path(self.spec["ledger_dir"]) / f"{self.spec['name']}-t{thread_index}.ledger"
+        stem = self.spec.get("ledger_name") or self.spec["name"]  # a restarted incarnation has its own files
+        path = Path(self.spec["ledger_dir"]) / f"{stem}-t{thread_index}.ledger"
         writer = LedgerWriter(path)
         self._ledgers.append(writer)
         return writer
@@ -81,6 +82,7 @@ class Actor:
             if spec["journal_size_limit"] != -1:
                 pragmas.append(f"PRAGMA journal_size_limit={int(spec['journal_size_limit'])}")
             pragmas.append(f"PRAGMA foreign_keys={'ON' if spec['foreign_keys'] else 'OFF'}")
+            pragmas.extend(spec.get("extra_pragmas") or [])  # added by fault sections (faults.fsync)
             for pragma in pragmas:
                 conn.execute(pragma)
         except Exception:
@@ -341,6 +343,40 @@ class Writer(WriterMixin, Actor):
         every = self.checkpoint["every_writes"]
         if every and self.checkpoint["mode"] != "NONE" and self.commits % every == 0:
             self.run_checkpoint(conn, f"every {every} writes")
+        fts_every = int(self.checkpoint.get("fts_every_writes") or 0)
+        fts_action = self.checkpoint.get("fts_maintenance", "none")
+        if fts_action != "none" and fts_every and self.commits % fts_every == 0:
+            self.run_fts_maintenance(conn, fts_action)
+
+    def run_fts_maintenance(self, conn: Connection, action: str) -> None:
+        """'optimize' or ('merge', N) on every FTS table, then maybe a checkpoint."""
+        from harness.database.schema import get_schema
+
+        for table in get_schema(self.schema).fts_tables:
+            if action == "optimize":
+                sql, params = f"INSERT INTO {table}({table}) VALUES('optimize')", ()
+            else:
+                sql, params = f"INSERT INTO {table}({table}, rank) VALUES('merge', ?)", (int(self.checkpoint["fts_merge_pages"]),)
+            t0, m0 = time.time(), time.perf_counter()
+            retries = 0
+            while True:
+                try:
+                    conn.execute(sql, params)
+                except Exception as exc:
+                    if not is_sqlite_error(exc):
+                        raise
+                    conn.rollback_quietly()
+                    if classify_error(exc) in ("busy", "locked") and retries < self.options["retries"] \
+                            and not self.ctx.stop.is_set():
+                        retries += 1
+                        self.ctx.stop.wait(self.rng.uniform(0.020, 0.150))
+                        continue
+                    self.record_op("fts-maintenance", t0, m0, err=exc, table=table, action=action, retries=retries)
+                    break
+                self.record_op("fts-maintenance", t0, m0, table=table, action=action, retries=retries)
+                break
+        if self.checkpoint.get("after_fts_maintenance") and self.checkpoint["mode"] != "NONE":
+            self.run_checkpoint(conn, f"after fts {action}")
 
 
 class Reader(Actor):
@@ -457,3 +493,13 @@ ROLE_CLASSES: dict[str, type[Actor]] = {
     "checkpointer": Checkpointer,
     "opener": Opener,
 }
+
+
+def _register_wal_reset_race() -> None:
+    # Its own module (harness/workers/walrace.py); imported here, after Actor exists.
+    from harness.workers.walrace import WalResetRace
+
+    ROLE_CLASSES["wal-reset-race"] = WalResetRace
+
+
+_register_wal_reset_race()
