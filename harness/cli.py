@@ -35,6 +35,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--cache-dir", help="template cache folder")
     run.add_argument("--json", action="store_true", help="print results.json on stdout")
     run.add_argument("--quiet", action="store_true", help="no progress output")
+    run.add_argument("--shard", metavar="K/N",
+                     help="run only the cells whose index %% N == K-1 (join the shards with walstress merge)")
 
     build = sub.add_parser("build", help="build a template database")
     build.add_argument("--pages", type=int, default=65536)
@@ -50,6 +52,24 @@ def _parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="judge a run dir again and rebuild its report")
     report.add_argument("run_dir")
     report.add_argument("--json", action="store_true")
+
+    merge = sub.add_parser("merge", help="join the results of shard runs (walstress run --shard K/N)")
+    merge.add_argument("dirs", nargs="+", metavar="DIR", help="output folders (or results.json files) of the shards")
+    merge.add_argument("--out", required=True, help="output folder of the joined results")
+    merge.add_argument("--json", action="store_true", help="print the joined results.json on stdout")
+
+    bisect = sub.add_parser("bisect", help="find the first SQLite version whose verdict differs (apsw driver)")
+    bisect.add_argument("scenario", help="scenario TOML file (one cell once the SQLite axes are removed)")
+    bisect.add_argument("--versions", required=True, metavar="A..B", help="SQLite versions to search, e.g. 3.50.0..3.54.1")
+    bisect.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    bisect.add_argument("--repeat", type=int, help="runs per version (default: the scenario's repeat)")
+    bisect.add_argument("--duration", help="run length per run")
+    bisect.add_argument("--out", help="output folder (default reports/bisect-<name>-<time>)")
+    bisect.add_argument("--cache-dir", help="template cache folder")
+    bisect.add_argument("--quiet", action="store_true", help="no progress output of the runs")
+
+    explain = sub.add_parser("explain", help="say in sentences which factor of a matrix changes the verdict")
+    explain.add_argument("results", help="results.json or an output folder")
     return parser
 
 
@@ -71,7 +91,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
         raise UsageError("--repeat must be at least 1")
     out = Path(args.out) if args.out else Path("reports") / f"{scenario.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     console = Console(sys.stderr, quiet=args.quiet)
-    result = run(scenario, out, repeat=args.repeat, duration=duration, cache_dir=args.cache_dir, console=console)
+    if args.shard:
+        from harness.api import Result
+        from harness.matrix import parse_shard, run_scenario
+
+        try:
+            shard = parse_shard(args.shard)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        data = run_scenario(scenario, out, repeat=args.repeat, duration=duration, cache_dir=args.cache_dir,
+                            console=console, shard=shard)
+        result = Result(data=data, path=Path(out) / "results.json")
+    else:
+        result = run(scenario, out, repeat=args.repeat, duration=duration, cache_dir=args.cache_dir, console=console)
     _after_run(result.data, out)
     if args.json:
         print(json.dumps(result.data, indent=1, default=str))
@@ -136,7 +168,64 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return EXIT_OK if data.get("ok") else EXIT_MISMATCH
 
 
-COMMANDS = {"run": _cmd_run, "build": _cmd_build, "check": _cmd_check, "report": _cmd_report}
+def _cmd_merge(args: argparse.Namespace) -> int:
+    from harness.matrix import merge_results
+
+    try:
+        data = merge_results(args.dirs, args.out)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    out = Path(args.out)
+    _after_run(data, out)
+    if args.json:
+        print(json.dumps(data, indent=1, default=str))
+    else:
+        from harness.console import summary_table
+
+        print(summary_table(data))
+        if data.get("missing_cells"):
+            print(f"missing cells (no shard ran them): {', '.join(data['missing_cells'])}")
+    print(f"results: {out / 'results.json'}", file=sys.stderr if args.json else sys.stdout)
+    return EXIT_OK if data.get("ok") else EXIT_MISMATCH
+
+
+def _cmd_bisect(args: argparse.Namespace) -> int:
+    from harness.bisect import bisect_versions
+    from harness.console import Console
+    from harness.scenario import parse_duration_seconds
+
+    duration = None
+    if args.duration is not None:
+        try:
+            duration = parse_duration_seconds(args.duration)
+        except ValueError as exc:
+            raise UsageError(f"--duration {args.duration!r}: expected {exc}") from None
+    if args.repeat is not None and args.repeat < 1:
+        raise UsageError("--repeat must be at least 1")
+    outcome = bisect_versions(args.scenario, args.versions, overrides=args.overrides, repeat=args.repeat,
+                              duration=duration, out_dir=args.out, cache_dir=args.cache_dir,
+                              console=Console(sys.stderr, quiet=args.quiet), say=print)
+    return EXIT_OK if outcome.get("first_changed") else EXIT_MISMATCH
+
+
+def _cmd_explain(args: argparse.Namespace) -> int:
+    from harness.explain import explain
+    from harness.matrix import load_results
+
+    path = Path(args.results)
+    if not (path / "results.json" if path.is_dir() else path).is_file():
+        raise UsageError(f"{path}: no results.json")
+    try:
+        data = load_results(path)
+    except ValueError as exc:
+        raise UsageError(f"{path}: not a results.json ({exc})") from None
+    for sentence in explain(data):
+        print(sentence)
+    return EXIT_OK
+
+
+COMMANDS = {"run": _cmd_run, "build": _cmd_build, "check": _cmd_check, "report": _cmd_report,
+            "merge": _cmd_merge, "bisect": _cmd_bisect, "explain": _cmd_explain}
 
 
 def main(argv: list[str] | None = None) -> int:

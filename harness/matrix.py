@@ -29,6 +29,12 @@ def environment_info(run_dir: Path | None = None) -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "system_sqlite": sqlite3.sqlite_version,
     }
+    try:  # the CPU's model name, for the report's environment section (Linux)
+        with open("/proc/cpuinfo") as handle:
+            info["cpu_model"] = next((line.split(":", 1)[1].strip() for line in handle
+                                      if line.lower().startswith("model name")), platform.processor())
+    except OSError:
+        info["cpu_model"] = platform.processor()
     try:
         import psutil
 
@@ -101,16 +107,27 @@ def summarize_cell(cell_id: str, label: str, params: dict[str, Any], expect: str
 
 def run_scenario(scenario: Scenario, out_dir: str | Path, *, repeat: int | None = None,
                  duration: float | None = None, cache_dir: str | Path | None = None,
-                 console: Any = None, cells_filter: Callable[[list[Cell]], list[Cell]] | None = None) -> dict[str, Any]:
-    """Run a scenario (all cells x repeats) into out_dir; write and return results.json's content."""
+                 console: Any = None, cells_filter: Callable[[list[Cell]], list[Cell]] | None = None,
+                 shard: tuple[int, int] | None = None) -> dict[str, Any]:
+    """Run a scenario (all cells x repeats) into out_dir; write and return results.json's content.
+
+    ``shard = (K, N)`` runs only the cells whose index % N == K - 1 (cell ids
+    stay global); ``merge_results`` joins the shards' folders again.
+    """
     from harness.database.template import get_template
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
     cells = expand_matrix(scenario)
+    cells_total = len(cells)
+    if shard is not None:
+        cells = [cell for cell in cells if cell.index % shard[1] == shard[0] - 1]
     if cells_filter is not None:
         cells = cells_filter(cells)
+    # Every cell's SQLite is resolved (installed if need be) before anything
+    # runs, so that an unknown version fails at once, not after hours.
+    cell_sqlite_paths = {cell.cell_id: sqlite_paths_for(cell.scenario) for cell in cells}
     repeats = repeat or scenario.repeat
     results: dict[str, Any] = {
         "schema_version": RESULTS_SCHEMA_VERSION,
@@ -123,6 +140,9 @@ def run_scenario(scenario: Scenario, out_dir: str | Path, *, repeat: int | None 
         "templates": [],
         "cells": [],
     }
+    if shard is not None:
+        results["shard"] = {"index": shard[0], "count": shard[1], "cells_total": cells_total,
+                            "cell_ids": [cell.cell_id for cell in cells]}
     results_path = out_dir / "results.json"
     templates: dict[tuple, Path] = {}
     for cell in cells:
@@ -138,7 +158,7 @@ def run_scenario(scenario: Scenario, out_dir: str | Path, *, repeat: int | None 
             if console:
                 console.template_ready(path, built, time.time() - t0)
     for cell in cells:
-        sqlite_paths = sqlite_paths_for(cell.scenario)
+        sqlite_paths = cell_sqlite_paths[cell.cell_id]
         cs = cell.scenario
         template = templates[(cs.database.schema, cs.database.pages, cs.database.page_size, cs.database.seed)]
         runs: list[dict[str, Any]] = []
@@ -236,3 +256,89 @@ def rejudge_dir(target: str | Path, judge: Callable[[Path], dict[str, Any]]) -> 
         results["note"] = "results rebuilt from a run dir whose controller did not finish"
     _write_results(results, target / "results.json", results.get("started_at", time.time()))
     return results
+
+
+# ------------------------------------------------------------------- shards
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"2/3"`` -> (2, 3): the second of three shards. ValueError otherwise."""
+    left, sep, right = str(text).partition("/")
+    try:
+        index, count = int(left), int(right)
+    except ValueError:
+        raise ValueError(f"--shard {text!r}: expected K/N such as 1/2") from None
+    if not sep or count < 1 or not 1 <= index <= count:
+        raise ValueError(f"--shard {text!r}: expected K/N with 1 <= K <= N")
+    return index, count
+
+
+def _scenario_identity(results: dict[str, Any]) -> str:
+    scenario = results.get("scenario", {})
+    values = dict(scenario.get("values", {}))
+    return json.dumps({"name": scenario.get("name"), "seed": scenario.get("seed"), "values": values,
+                       "matrix": scenario.get("matrix"), "repeat": results.get("repeat")}, sort_keys=True, default=str)
+
+
+def merge_results(sources: list[str | Path], out_dir: str | Path) -> dict[str, Any]:
+    """Join the results.json of shard runs of one scenario into ``out_dir/results.json``.
+
+    The shards must come from the same scenario (same values, matrix, seed
+    and repeat) and must not overlap. Each cell folder is linked into
+    ``out_dir`` (a symbolic link), so ``walstress report OUT`` can judge
+    every run again. Raises ValueError with a message for the user.
+    """
+    if not sources:
+        raise ValueError("merge needs at least one results folder")
+    out_dir = Path(out_dir)
+    loaded = []
+    for source in sources:
+        path = Path(source)
+        file = path / "results.json" if path.is_dir() else path
+        if not file.is_file():
+            raise ValueError(f"{source}: no results.json")
+        loaded.append((file.parent, load_results(file)))
+    identity = _scenario_identity(loaded[0][1])
+    cells: dict[str, dict[str, Any]] = {}
+    shards = []
+    for folder, data in loaded:
+        if _scenario_identity(data) != identity:
+            raise ValueError(f"{folder}: results of a different scenario (or other settings) than {loaded[0][0]}")
+        for cell in data.get("cells", []):
+            if cell["cell_id"] in cells:
+                raise ValueError(f"{folder}: cell {cell['cell_id']} is also in another shard")
+            cells[cell["cell_id"]] = {**cell, "source_dir": str(folder.resolve())}
+        shards.append({"dir": str(folder.resolve()), "shard": data.get("shard"),
+                       "cells": [c["cell_id"] for c in data.get("cells", [])],
+                       "elapsed_s": data.get("elapsed_s"), "partial": bool(data.get("partial"))})
+    totals = {s["shard"]["cells_total"] for _, s in loaded if s.get("shard")}
+    expected_total = totals.pop() if len(totals) == 1 else None
+    first = loaded[0][1]
+    merged: dict[str, Any] = {key: value for key, value in first.items()
+                              if key not in ("cells", "shard", "totals", "ok", "finished_at", "elapsed_s")}
+    merged["started_at"] = min(d.get("started_at", time.time()) for _, d in loaded)
+    merged["templates"] = [t for _, d in loaded for t in d.get("templates", [])]
+    merged["cells"] = [cells[key] for key in sorted(cells, key=lambda k: int(k.split("-")[-1]))]
+    merged["merged_from"] = shards
+    missing = []
+    if expected_total is not None:
+        missing = [f"cell-{i:03d}" for i in range(expected_total) if f"cell-{i:03d}" not in cells]
+    merged["missing_cells"] = missing
+    merged["partial"] = bool(missing) or any(s["partial"] for s in shards)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for cell in merged["cells"]:
+        link = out_dir / cell["cell_id"]
+        target = Path(cell["source_dir"]) / cell["cell_id"]
+        if link.resolve() == target.resolve() or not target.exists():
+            continue
+        if link.is_symlink():
+            link.unlink()
+        if not link.exists():
+            link.symlink_to(target, target_is_directory=True)
+    _write_results(merged, out_dir / "results.json", merged["started_at"])
+    merged["elapsed_s"] = max((s["elapsed_s"] or 0.0) for s in shards)
+    merged["elapsed_note"] = "elapsed_s of the slowest shard (shards may run in parallel)"
+    if missing:
+        merged["ok"] = False
+    tmp = out_dir / "results.json.tmp"
+    tmp.write_text(json.dumps(merged, indent=1, default=str))
+    os.replace(tmp, out_dir / "results.json")
+    return merged
