@@ -1,0 +1,246 @@
+"""nox sessions for walstress.
+
+    nox                       lint, tests and smoke (the default)
+    nox -s tests -- -n auto   the default test suite; arguments go to pytest
+    nox -s lint               ruff and mypy on harness/
+    nox -s smoke              the 15 s smoke scenario
+    nox -s stress             full-size (65K pages) healthy stress, a matrix of checkpoint modes
+    nox -s repro              every shipped reproduction (scenarios/*.toml but smoke) against its expect
+    nox -s sqlite             the smoke scenario on each SQLite version in SQLITE_VERSIONS (apsw)
+    nox -s bench              throughput and latency of a full-size healthy run
+
+For smoke, stress, repro, sqlite and bench, arguments after ``--`` pass
+through to ``walstress run`` (e.g. ``-- --duration 5 --set seed=3`` or
+``-- --shard 2/4``); scenario files given first replace the session's
+default scenarios. Output goes to reports/nox-<session>-<time>/ unless
+``--out`` is passed. Every session installs the project through its own
+extras, so a fresh machine needs only Python >= 3.10 and nox.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import nox
+
+ROOT = Path(__file__).resolve().parent
+SCENARIOS = ROOT / "scenarios"
+REPORTS = ROOT / "reports"
+SMOKE = SCENARIOS / "smoke.toml"
+
+# Before, inside and after the WAL-reset bug (3.7.0 - 3.51.2; fixed in 3.51.3,
+# backported to 3.50.7 and 3.44.6): the system-like 3.40.1, the reporter's
+# bundled 3.50.4, the last affected and the first fixed release, the newest.
+SQLITE_VERSIONS = ["3.40.1", "3.44.2", "3.50.4", "3.51.2", "3.51.3", "3.54.1"]
+
+# The full-size healthy stress: the reporter's database size and FTS5 schema,
+# every checkpoint mode; a healthy SQLite must stay clean in each cell.
+STRESS_SETTINGS = [
+    "database.schema=hermes",
+    "database.pages=65536",
+    'checkpoint.mode=["PASSIVE", "FULL", "RESTART", "TRUNCATE"]',
+    "workers.writer.count=4",
+    "workers.reader.count=2",
+    "duration=30s",
+]
+
+nox.options.sessions = ["lint", "tests", "smoke"]
+nox.options.error_on_missing_interpreters = True
+
+
+def _install(session: nox.Session, extras: str = "") -> None:
+    session.install("-e", f".[{extras}]" if extras else ".")
+
+
+def _split_posargs(session: nox.Session, default: list[Path]) -> tuple[list[str], bool, list[str]]:
+    """(scenarios, whether they were given, walstress arguments): leading *.toml
+    arguments replace the default scenarios; the rest goes to walstress."""
+    args = list(session.posargs)
+    files: list[str] = []
+    while args and args[0].endswith(".toml"):
+        files.append(args.pop(0))
+    return (files or [str(p) for p in default]), bool(files), args
+
+
+def _take_out(name: str, args: list[str]) -> tuple[Path, list[str]]:
+    """The output folder: --out from the arguments (taken out of them), else reports/nox-NAME-TIME."""
+    rest: list[str] = []
+    out: Path | None = None
+    items = iter(args)
+    for arg in items:
+        if arg == "--out":
+            out = Path(next(items, ""))
+        elif arg.startswith("--out="):
+            out = Path(arg.split("=", 1)[1])
+        else:
+            rest.append(arg)
+    return (out or REPORTS / f"nox-{name}-{time.strftime('%Y%m%d-%H%M%S')}"), rest
+
+
+def _outs(root: Path, scenarios: list[str]) -> list[tuple[str, Path]]:
+    """One scenario writes to root itself; several write to root/<scenario stem>."""
+    if len(scenarios) == 1:
+        return [(scenarios[0], root)]
+    return [(scenario, root / Path(scenario).stem) for scenario in scenarios]
+
+
+def _walstress_run(session: nox.Session, scenario: str, out: Path, args: list[str],
+                   extra: list[str] | None = None, keep_going: bool = False) -> dict | None:
+    """walstress run into out; returns its results.json (None if the run wrote none).
+
+    Exit 1 (a verdict differs from its expect) does not stop the session here;
+    callers decide from results["ok"]. Exit 2 (usage, scenario or environment
+    error) does, unless keep_going.
+    """
+    command = ["walstress", "run", scenario]
+    for setting in extra or []:
+        command += ["--set", setting]
+    command += ["--out", str(out), *args]
+    session.run(*command, success_codes=[0, 1, 2] if keep_going else [0, 1])
+    results = out / "results.json"
+    return json.loads(results.read_text()) if results.is_file() else None
+
+
+def _run_all(session: nox.Session, name: str, default: list[Path],
+             extra: list[str] | None = None, extra_if_default: bool = False) -> list[tuple[str, dict | None]]:
+    scenarios, given, args = _split_posargs(session, default)
+    root, args = _take_out(name, args)
+    settings = extra if (not extra_if_default or not given) else None
+    return [(scenario, _walstress_run(session, scenario, out, args, settings))
+            for scenario, out in _outs(root, scenarios)]
+
+
+def _require_ok(session: nox.Session, outcomes: list[tuple[str, dict | None]]) -> None:
+    differing = [scenario for scenario, data in outcomes if data is None or not data.get("ok")]
+    if differing:
+        session.error(f"verdicts differ from expect in: {', '.join(differing)}")
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The default test suite (pytest; arguments after -- go to pytest)."""
+    _install(session, "test")
+    session.run("pytest", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff and mypy on harness/ (rules and settings in pyproject.toml)."""
+    _install(session, "lint")
+    session.run("ruff", "check", "harness", "noxfile.py")
+    session.run("mypy", "harness")
+
+
+@nox.session
+def smoke(session: nox.Session) -> None:
+    """The smoke scenario: a short healthy run that must be clean."""
+    _install(session)
+    _require_ok(session, _run_all(session, "smoke", [SMOKE]))
+
+
+@nox.session
+def stress(session: nox.Session) -> None:
+    """Full-size healthy stress: 65K-page hermes database, every checkpoint mode; must be clean.
+
+    Scenario files given after -- run as they are, without the full-size settings.
+    """
+    _install(session)
+    _require_ok(session, _run_all(session, "stress", [SMOKE], STRESS_SETTINGS, extra_if_default=True))
+
+
+def reproductions() -> list[Path]:
+    """Every shipped scenario but smoke; each declares its own expect."""
+    return sorted(p for p in SCENARIOS.glob("*.toml") if p.name != SMOKE.name)
+
+
+def _cell_lines(data: dict) -> list[tuple[str, str, str, bool]]:
+    lines = []
+    for cell in data.get("cells", []):
+        verdicts = ",".join(run["verdict"] for run in cell["results"])
+        lines.append((f"{cell['cell_id']} {cell['label']}", cell["expect"], verdicts, bool(cell["matches_expect"])))
+    return lines
+
+
+@nox.session
+def repro(session: nox.Session) -> None:
+    """Every shipped reproduction against its expected verdict; fails when one differs."""
+    _install(session, "apsw")  # several reproductions drive SQLite through apsw
+    scenarios, _given, args = _split_posargs(session, reproductions())
+    if not scenarios:
+        session.skip("no reproduction scenarios under scenarios/")
+    root, args = _take_out("repro", args)
+    table: list[tuple[str, str, str, str, bool]] = []
+    for scenario in scenarios:
+        name = Path(scenario).stem
+        data = _walstress_run(session, scenario, root / name, args, keep_going=True)
+        if data is None:
+            table.append((name, "-", "-", "no results (see the error above)", False))
+            continue
+        for cell, expect, verdicts, ok in _cell_lines(data):
+            table.append((name, cell, expect, verdicts, ok))
+    session.log("reproductions:")
+    for name, cell, expect, verdicts, ok in table:
+        session.log(f"  {'ok  ' if ok else 'DIFF'} {name} [{cell}] expect {expect}: {verdicts}")
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "repro-summary.json").write_text(json.dumps(
+        [{"scenario": n, "cell": c, "expect": e, "verdicts": v, "matches": ok} for n, c, e, v, ok in table],
+        indent=1))
+    differing = [f"{n} [{c}]" for n, c, _, _, ok in table if not ok]
+    if differing:
+        session.error(f"{len(differing)} of {len(table)} reproduction cell(s) differ from expect: "
+                      + "; ".join(differing))
+    session.log(f"all {len(table)} reproduction cell(s) match their expected verdicts")
+
+
+@nox.session
+@nox.parametrize("version", SQLITE_VERSIONS)
+def sqlite(session: nox.Session, version: str) -> None:
+    """The smoke scenario on one SQLite version (the apsw wheel that bundles it)."""
+    session.install("-e", ".[apsw]", f"apsw~={version}.0")
+    loaded = str(session.run("python", "-c", "import apsw; print(apsw.sqlite_lib_version())", silent=True))
+    if loaded.strip() != version:
+        session.error(f"apsw loads SQLite {loaded.strip()}, not {version}")
+    outcomes = _run_all(session, f"sqlite-{version}", [SMOKE], ["sqlite.driver=apsw"])
+    for scenario, data in outcomes:
+        if data is None:
+            continue
+        runs = [run for cell in data["cells"] for run in cell["results"]]
+        seen = sorted({v for run in runs for v in run["sqlite"]["worker_versions"]})
+        if seen != [version]:
+            session.error(f"{scenario}: workers loaded SQLite {seen}, not {version}")
+    _require_ok(session, outcomes)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Throughput and latency of a full-size healthy run (PASSIVE and TRUNCATE), saved as bench.json."""
+    _install(session)
+    scenarios, _given, args = _split_posargs(session, [SMOKE])
+    root, args = _take_out("bench", args)
+    extra = ["database.schema=hermes", "database.pages=65536", 'checkpoint.mode=["PASSIVE", "TRUNCATE"]',
+             "duration=20s"]
+    rows = []
+    for scenario, out in _outs(root, scenarios):
+        data = _walstress_run(session, scenario, out, args, extra)
+        for cell in (data or {}).get("cells", []):
+            for run in cell["results"]:
+                seconds = run["duration_s"] or 1.0
+                rows.append({
+                    "scenario": Path(scenario).stem, "cell": cell["label"], "verdict": run["verdict"],
+                    "seconds": seconds, "sqlite": run["sqlite"]["worker_versions"],
+                    "ops_per_s": {kind: round(v.get("ok", 0) / seconds, 1) for kind, v in run["ops"].items()},
+                    "write_ms": run["latency_ms"].get("write", {}),
+                    "checkpoint_ms": run["latency_ms"].get("checkpoint", {}),
+                    "wal_peak_bytes": run["wal_peak_bytes"],
+                })
+    for row in rows:
+        write = row["write_ms"]
+        session.log(f"{row['scenario']} [{row['cell']}] {row['verdict']}: ops/s {row['ops_per_s']}, "
+                    f"write p50 {write.get('p50_ms')} p99 {write.get('p99_ms')} max {write.get('max_ms')} ms, "
+                    f"WAL peak {row['wal_peak_bytes'] / 2**20:.1f} MiB")
+    if rows:
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "bench.json").write_text(json.dumps(rows, indent=1) + "\n")
+        session.log(f"bench: {root / 'bench.json'}")
