@@ -215,7 +215,8 @@ def sqlite(session: nox.Session, version: str) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Throughput and latency of a full-size healthy run (PASSIVE and TRUNCATE), saved as bench.json."""
+    """Throughput and latency of a full-size healthy run (PASSIVE and TRUNCATE) and the cost of the
+    harness's instrumentation (harness/bench.py: harness vs bare write loop), saved as bench.json."""
     _install(session)
     scenarios, _given, args = _split_posargs(session, [SMOKE])
     root, args = _take_out("bench", args)
@@ -240,7 +241,18 @@ def bench(session: nox.Session) -> None:
         session.log(f"{row['scenario']} [{row['cell']}] {row['verdict']}: ops/s {row['ops_per_s']}, "
                     f"write p50 {write.get('p50_ms')} p99 {write.get('p99_ms')} max {write.get('max_ms')} ms, "
                     f"WAL peak {row['wal_peak_bytes'] / 2**20:.1f} MiB")
-    if rows:
-        root.mkdir(parents=True, exist_ok=True)
-        (root / "bench.json").write_text(json.dumps(rows, indent=1) + "\n")
-        session.log(f"bench: {root / 'bench.json'}")
+    # ratios are taken within one run, never across runs (these machines are noisy)
+    by_mode = {row["cell"]: row for row in rows if row["scenario"] == Path(scenarios[0]).stem}
+    passive, truncate = by_mode.get("mode=PASSIVE"), by_mode.get("mode=TRUNCATE")
+    ratios = {}
+    if passive and truncate and truncate["ops_per_s"].get("write"):
+        ratios["write_ops_passive_over_truncate"] = round(
+            passive["ops_per_s"].get("write", 0) / truncate["ops_per_s"]["write"], 3)
+        session.log(f"PASSIVE / TRUNCATE write throughput: {ratios['write_ops_passive_over_truncate']}")
+    root.mkdir(parents=True, exist_ok=True)
+    overhead = root / "overhead.json"
+    session.run("python", "-m", "harness.bench", "--out", str(overhead))
+    ratios["harness_over_bare"] = json.loads(overhead.read_text())["harness_over_bare"]
+    session.log(f"harness / bare write loop: {ratios['harness_over_bare']}")
+    (root / "bench.json").write_text(json.dumps({"runs": rows, "ratios": ratios}, indent=1) + "\n")
+    session.log(f"bench: {root / 'bench.json'}")

@@ -73,20 +73,26 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _duration_arg(text: str | None) -> float | None:
+    """--duration in seconds (None when not given); UsageError when it is not a duration."""
+    from harness.scenario import parse_duration_seconds
+
+    if text is None:
+        return None
+    try:
+        return parse_duration_seconds(text)
+    except ValueError as exc:
+        raise UsageError(f"--duration {text!r}: expected {exc}") from None
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from harness.api import load_scenario, run
     from harness.console import Console, summary_table
-    from harness.scenario import parse_duration_seconds
 
     scenario = load_scenario(args.scenario, args.overrides)
-    duration = None
-    if args.duration is not None:
-        try:
-            duration = parse_duration_seconds(args.duration)
-        except ValueError as exc:
-            raise UsageError(f"--duration {args.duration!r}: expected {exc}") from None
-        if duration <= 0:
-            raise UsageError("--duration must be positive")
+    duration = _duration_arg(args.duration)
+    if duration is not None and duration <= 0:
+        raise UsageError("--duration must be positive")
     if args.repeat is not None and args.repeat < 1:
         raise UsageError("--repeat must be at least 1")
     out = Path(args.out) if args.out else Path("reports") / f"{scenario.name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -109,6 +115,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(json.dumps(result.data, indent=1, default=str))
     else:
         print(summary_table(result.data))
+        if len(result.data["cells"]) > 1:
+            from harness.explain import explain
+
+            print("\n".join(explain(result.data)))
     print(f"results: {result.path}", file=sys.stderr if args.json else sys.stdout)
     return EXIT_OK if result.ok else EXIT_MISMATCH
 
@@ -192,14 +202,8 @@ def _cmd_merge(args: argparse.Namespace) -> int:
 def _cmd_bisect(args: argparse.Namespace) -> int:
     from harness.bisect import bisect_versions
     from harness.console import Console
-    from harness.scenario import parse_duration_seconds
 
-    duration = None
-    if args.duration is not None:
-        try:
-            duration = parse_duration_seconds(args.duration)
-        except ValueError as exc:
-            raise UsageError(f"--duration {args.duration!r}: expected {exc}") from None
+    duration = _duration_arg(args.duration)
     if args.repeat is not None and args.repeat < 1:
         raise UsageError("--repeat must be at least 1")
     outcome = bisect_versions(args.scenario, args.versions, overrides=args.overrides, repeat=args.repeat,

@@ -96,23 +96,12 @@ def prepare_database(template: Path, db_path: Path, scenario: Scenario) -> dict[
             "pages": int(pages)}
 
 
-def worker_names(scenario: Scenario) -> list[tuple[str, Any]]:
-    names = []
-    counters: dict[str, int] = {}
-    for spec in scenario.workers:
-        for _ in range(spec.count):
-            index = counters.get(spec.role, 0)
-            counters[spec.role] = index + 1
-            names.append((f"{spec.role}-{index}", spec))
-    return names
-
-
 def write_worker_specs(ctx: RunContext, facts: dict[str, Any], seed: int, sqlite_paths: list[str]) -> None:
     scenario = ctx.scenario
     run_dir = ctx.run_dir
     for sub in ("specs", "logs", "control", "ledger", "history"):
         (run_dir / sub).mkdir(parents=True, exist_ok=True)
-    named = worker_names(scenario)
+    named = scenario.worker_names()
     partition_total = sum(spec.threads for _, spec in named if spec.role in ("writer", "opener")) or 1
     base = 0
     for name, spec in named:

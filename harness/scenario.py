@@ -162,6 +162,17 @@ class Scenario:
     def workers_of(self, role: str) -> list[WorkerSpec]:
         return [w for w in self.workers if w.role == role and w.count > 0]
 
+    def worker_names(self) -> list[tuple[str, WorkerSpec]]:
+        """Every worker process of the scenario: (``<role>-<index>``, its spec), numbered per role."""
+        names = []
+        counters: dict[str, int] = {}
+        for spec in self.workers:
+            for _ in range(spec.count):
+                index = counters.get(spec.role, 0)
+                counters[spec.role] = index + 1
+                names.append((f"{spec.role}-{index}", spec))
+        return names
+
 
 _SECTIONS: dict[str, type] = {
     "sqlite": SqliteSettings,

@@ -43,10 +43,10 @@ from typing import Any, Callable
 from harness.faults.base import Fault, FaultSettings, register, setting
 from harness.faults.schedule import (
     ActionWindows,
+    ScheduledFault,
     check_roles,
     check_schedule,
     parse_names,
-    run_duration,
     run_duration_from_spec,
     schedule_times,
     wait_for_go,
@@ -85,6 +85,26 @@ def _start_thread(name: str, body: Callable[[threading.Event], None], stop: thre
     return close
 
 
+def _start_counted(section: str, spec: dict, history: Any, detail: dict[str, Any], stop: threading.Event,
+                   loop: Callable[[threading.Event, Callable[[str], None]], None]) -> Callable[[], None]:
+    """Start a hazard thread that counts its actions: after go, ``loop(local_stop, count)`` acts until
+    stopped and calls ``count(outcome)`` once per action; one ``fault`` record per second by outcome."""
+    windows = ActionWindows(history, section, spec["name"], {**detail, "pid": os.getpid()})
+
+    def count(outcome: str) -> None:
+        windows.add(outcome)
+        windows.maybe_flush()
+
+    def body(local: threading.Event) -> None:
+        if wait_for_go(spec, local) is None:
+            return
+        windows._t0 = time.time()
+        loop(local, count)
+        windows.flush()
+
+    return _start_thread(f"{spec['name']}-{section.replace('_', '-')}", body, stop)
+
+
 def _probe_row(spec: dict) -> tuple[str, str, str, float]:
     """Values for a row a hazard may insert (not in any ledger, so never judged)."""
     sessions = spec.get("session_ids") or []
@@ -113,27 +133,22 @@ class LockBreakerSettings(FaultSettings):
             return None
         path = spec["db_path"] + ("-wal" if self.target == "wal" else "")
         interval = self.interval_ms / 1000.0
-        windows = ActionWindows(history, "lock_breaker", spec["name"],
-                                {"file": os.path.basename(path), "interval_ms": self.interval_ms, "pid": os.getpid()})
 
-        def body(local: threading.Event) -> None:
-            if wait_for_go(spec, local) is None:
-                return
-            windows._t0 = time.time()
+        def loop(local: threading.Event, count: Callable[[str], None]) -> None:
             while not local.is_set():
                 try:
                     with open(path, "rb") as handle:  # the hazard: a plain close() of the live file
                         handle.read(100)
-                    windows.add("ok")
+                    outcome = "ok"
                 except FileNotFoundError:
-                    windows.add("missing")
+                    outcome = "missing"
                 except OSError:
-                    windows.add("error")
-                windows.maybe_flush()
+                    outcome = "error"
+                count(outcome)
                 local.wait(interval)
-            windows.flush()
 
-        return _start_thread(f"{spec['name']}-lock-breaker", body, stop)
+        return _start_counted("lock_breaker", spec, history,
+                              {"file": os.path.basename(path), "interval_ms": self.interval_ms}, stop, loop)
 
 
 # --------------------------------------------------------------------- fork
@@ -156,14 +171,9 @@ class ForkSettings(FaultSettings):
         if not self.enabled or not _applies(self.roles, spec):
             return None
         interval = self.interval_ms / 1000.0
-        windows = ActionWindows(history, "fork", spec["name"],
-                                {"child_action": self.child_action, "hold_read": self.hold_read, "pid": os.getpid()})
         action, hold = self.child_action, self.hold_read
 
-        def body(local: threading.Event) -> None:
-            if wait_for_go(spec, local) is None:
-                return
-            windows._t0 = time.time()
+        def loop(local: threading.Event, count: Callable[[str], None]) -> None:
             conn = None
             while not local.wait(interval):
                 try:
@@ -176,21 +186,18 @@ class ForkSettings(FaultSettings):
                 except Exception as exc:
                     if not is_sqlite_error(exc):
                         raise
-                    windows.add(f"parent-{classify_error(exc)}")
                     if conn is not None:
                         conn.rollback_quietly()
-                    windows.maybe_flush()
+                    count(f"parent-{classify_error(exc)}")
                     continue
                 outcome = _fork_once(conn, action, spec, local)
-                windows.add(outcome)
                 if hold:
                     conn.rollback_quietly()
-                windows.maybe_flush()
+                count(outcome)
             if conn is not None:
                 conn.close()
-            windows.flush()
 
-        return _start_thread(f"{spec['name']}-fork", body, stop)
+        return _start_counted("fork", spec, history, {"child_action": action, "hold_read": hold}, stop, loop)
 
 
 def _fork_once(conn: Any, action: str, spec: dict, stop: threading.Event) -> str:
@@ -266,14 +273,8 @@ class TwoLibrariesSettings(FaultSettings):
         per_op = self.connection == "per-op"
         work = self.work
         rng = random.Random(f"{spec['seed']}:{spec['name']}:two_libraries")
-        windows = ActionWindows(history, "two_libraries", spec["name"],
-                                {"driver": spec["driver"], "second_driver": other, "work": work,
-                                 "connection": self.connection, "pid": os.getpid()})
 
-        def body(local: threading.Event) -> None:
-            if wait_for_go(spec, local) is None:
-                return
-            windows._t0 = time.time()
+        def loop(local: threading.Event, count: Callable[[str], None]) -> None:
             conn = None
             while not local.wait(interval):
                 try:
@@ -294,13 +295,13 @@ class TwoLibrariesSettings(FaultSettings):
                 if per_op and conn is not None:
                     conn.close()
                     conn = None
-                windows.add(outcome)
-                windows.maybe_flush()
+                count(outcome)
             if conn is not None:
                 conn.close()
-            windows.flush()
 
-        return _start_thread(f"{spec['name']}-two-libraries", body, stop)
+        return _start_counted("two_libraries", spec, history,
+                              {"driver": spec["driver"], "second_driver": other, "work": work,
+                               "connection": self.connection}, stop, loop)
 
 
 # --------------------------------------------------------------- wal unlink
@@ -374,33 +375,21 @@ def _act_on_wal(wal: str, action: str, tag: str) -> dict[str, Any]:
             "moved_to": os.path.basename(moved_to) if moved_to else None}
 
 
-class WalUnlinkFault(Fault):
+class WalUnlinkFault(ScheduledFault):
     """The controller unlinks or renames the -wal at the scheduled times."""
 
     name = "wal_unlink"
 
-    def __init__(self, settings: WalUnlinkSettings, seed: int):
-        self.settings = settings
-        self.rng = random.Random(f"{seed}:wal_unlink")
-        self.times: list[float] = []
-        self.done = 0
-
-    def start(self, ctx: Any) -> None:
-        s = self.settings
-        self.times = schedule_times(s.at, s.every_ms, s.random_count, run_duration(ctx), self.rng)
-
     def tick(self, ctx: Any) -> None:
         now = time.time()
-        while self.done < len(self.times) and ctx.t_go + self.times[self.done] <= now:
-            rec = _act_on_wal(str(ctx.db_path) + "-wal", self.settings.action, str(self.done))
-            self.done += 1
+        for n in self.due(ctx, now):
+            rec = _act_on_wal(str(ctx.db_path) + "-wal", self.settings.action, str(n))
             t = rec.pop("t")
             self.record(ctx, t=t, t_end=time.time(), target=os.path.basename(str(ctx.db_path)) + "-wal",
                         side="controller", **rec)
 
     def stop(self, ctx: Any) -> None:
-        for offset in self.times[self.done:]:  # the run ended before the controller's loop got there
+        for offset in self.missed():  # the run ended before the controller's loop got there
             t = ctx.t_go + offset
             self.record(ctx, t=t, t_end=t, target=os.path.basename(str(ctx.db_path)) + "-wal", side="controller",
                         action=self.settings.action, outcome="skipped", reason="the run ended first")
-        self.done = len(self.times)

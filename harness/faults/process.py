@@ -26,7 +26,6 @@ worker name (``writer-1``) or ``any``. Each action is one ``fault`` record:
 from __future__ import annotations
 
 import json
-import random
 import signal
 import subprocess
 import time
@@ -35,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.faults.base import Fault, FaultSettings, register, setting
-from harness.faults.schedule import check_schedule, check_target, live_candidates, run_duration, schedule_times
+from harness.faults.schedule import ScheduledFault, check_schedule, check_target, live_candidates
 
 _REAP_TIMEOUT_S = 10.0
 _SEED_STEP = 7919  # a restarted incarnation draws other random streams than the one it replaces
@@ -105,36 +104,27 @@ def _kill_and_reap(ctx: Any, worker: Any) -> int | None:
     return code
 
 
-def _record_missed(fault: Any, ctx: Any, action: str) -> None:
+def _record_missed(fault: ScheduledFault, ctx: Any, action: str) -> None:
     """Scheduled actions the run ended before (the controller's loop stops at the end time)."""
-    for offset in fault.times[fault.done:]:
+    for offset in fault.missed():
         fault.record(ctx, t=ctx.t_go + offset, t_end=ctx.t_go + offset, target=fault.settings.target,
                      action=f"{action}-skipped", reason="the run ended before the scheduled time was reached",
                      offset_s=round(offset, 3))
-    fault.done = len(fault.times)
 
 
-class KillFault(Fault):
+class KillFault(ScheduledFault):
     name = "kill"
 
     def __init__(self, settings: KillSettings, seed: int):
-        self.settings = settings
-        self.rng = random.Random(f"{seed}:kill")
-        self.times: list[float] = []
-        self.done = 0
+        super().__init__(settings, seed)
         self.restarts: list[tuple[float, Any]] = []  # (due epoch time, killed WorkerProcess)
         self.incarnations: dict[str, int] = {}
         self.started: list[tuple[Any, Path]] = []  # restarted incarnations and their ready files
         self.stopping = False
 
-    def start(self, ctx: Any) -> None:
-        s = self.settings
-        self.times = schedule_times(s.at, s.every_ms, s.random_count, run_duration(ctx), self.rng)
-
     def tick(self, ctx: Any) -> None:
         now = time.time()
-        while self.done < len(self.times) and ctx.t_go + self.times[self.done] <= now:
-            self.done += 1
+        for _ in self.due(ctx, now):
             self._kill_one(ctx)
         due = [item for item in self.restarts if item[0] <= now]
         for item in due:
@@ -213,26 +203,18 @@ class KillFault(Fault):
                     pid=worker.popen.pid, spec=spec_path.name)
 
 
-class PauseFault(Fault):
+class PauseFault(ScheduledFault):
     name = "pause"
 
     def __init__(self, settings: PauseSettings, seed: int):
-        self.settings = settings
-        self.rng = random.Random(f"{seed}:pause")
-        self.times: list[float] = []
-        self.done = 0
+        super().__init__(settings, seed)
         self.paused: list[tuple[float, float, Any, int]] = []  # (t stopped, due epoch, worker, pid)
-
-    def start(self, ctx: Any) -> None:
-        s = self.settings
-        self.times = schedule_times(s.at, s.every_ms, s.random_count, run_duration(ctx), self.rng)
 
     def tick(self, ctx: Any) -> None:
         now = time.time()
         for item in [p for p in self.paused if p[1] <= now]:
             self._resume(ctx, item, ended_by="schedule")
-        while self.done < len(self.times) and ctx.t_go + self.times[self.done] <= now:
-            self.done += 1
+        for _ in self.due(ctx, now):
             self._pause_one(ctx)
 
     def stop(self, ctx: Any) -> None:

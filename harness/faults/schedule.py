@@ -12,6 +12,9 @@ dropped. A target names which worker a process fault acts on: a role
 (``writer``: one live worker of that role, picked with the seed), a worker
 name (``writer-1``) or ``any`` (one live worker of any role).
 
+A controller-side fault acting at the times of a schedule derives from
+:class:`ScheduledFault`.
+
 Hazards that act thousands of times a second (the lock breaker) do not
 write one record per action: :class:`ActionWindows` records one ``fault``
 record per second with the count of actions by outcome.
@@ -23,8 +26,9 @@ import json
 import random
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
+from harness.faults.base import Fault
 from harness.scenario import ROLES, parse_duration_seconds
 
 
@@ -76,13 +80,7 @@ def check_target(section: str, scenario: Any, target: str) -> None:
         if not scenario.workers_of(target):
             raise ValueError(f"faults.{section}.target: {target!r} but the scenario has no {target} workers")
         return
-    names = []
-    counters: dict[str, int] = {}
-    for spec in scenario.workers:
-        for _ in range(spec.count):
-            index = counters.get(spec.role, 0)
-            counters[spec.role] = index + 1
-            names.append(f"{spec.role}-{index}")
+    names = [name for name, _ in scenario.worker_names()]
     if target not in names:
         shown = ", ".join(names[:8])
         raise ValueError(f"faults.{section}.target: {target!r} is not \"any\", a role ({', '.join(ROLES)}) "
@@ -119,6 +117,33 @@ def run_duration_from_spec(spec: dict) -> float | None:
         return float(json.loads((run_dir / "scenario.json").read_text())["duration"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+class ScheduledFault(Fault):
+    """A controller-side fault acting at the times of its settings' schedule (``at``, ``every_ms``,
+    ``random_count``), drawn from the run seed; ``done`` counts the times acted on (or skipped)."""
+
+    def __init__(self, settings: Any, seed: int):
+        self.settings = settings
+        self.rng = random.Random(f"{seed}:{self.name}")
+        self.times: list[float] = []
+        self.done = 0
+
+    def start(self, ctx: Any) -> None:
+        s = self.settings
+        self.times = schedule_times(s.at, s.every_ms, s.random_count, run_duration(ctx), self.rng)
+
+    def due(self, ctx: Any, now: float) -> Iterator[int]:
+        """Indexes of the scheduled times reached by ``now``, each counted done before it is yielded."""
+        while self.done < len(self.times) and ctx.t_go + self.times[self.done] <= now:
+            self.done += 1
+            yield self.done - 1
+
+    def missed(self) -> list[float]:
+        """Offsets the run ended before reaching (the controller's loop stops at the end time); all count done."""
+        offsets = self.times[self.done:]
+        self.done = len(self.times)
+        return offsets
 
 
 def live_candidates(workers: Iterable[Any], target: str) -> list[Any]:

@@ -123,22 +123,18 @@ class SharedThrottle:
         return (end - now) / 1e9
 
     def write(self, nbytes: int) -> float:
-        costs = []
-        if self.write_bps:
-            costs.append((self.WRITE_BYTES, nbytes * 1_000_000_000 // self.write_bps))
-        if self.write_iops:
-            costs.append((self.WRITE_OPS, 1_000_000_000 // self.write_iops))
-        return self._wait(costs)
+        return self._wait(nbytes, self.WRITE_BYTES, self.write_bps, self.WRITE_OPS, self.write_iops)
 
     def read(self, nbytes: int) -> float:
-        costs = []
-        if self.read_bps:
-            costs.append((self.READ_BYTES, nbytes * 1_000_000_000 // self.read_bps))
-        if self.read_iops:
-            costs.append((self.READ_OPS, 1_000_000_000 // self.read_iops))
-        return self._wait(costs)
+        return self._wait(nbytes, self.READ_BYTES, self.read_bps, self.READ_OPS, self.read_iops)
 
-    def _wait(self, costs: list[tuple[int, int]]) -> float:
+    def _wait(self, nbytes: int, bytes_slot: int, bps: int, ops_slot: int, iops: int) -> float:
+        """One operation of nbytes against the limits of one direction: sleep its turn; the seconds slept."""
+        costs = []
+        if bps:
+            costs.append((bytes_slot, nbytes * 1_000_000_000 // bps))
+        if iops:
+            costs.append((ops_slot, 1_000_000_000 // iops))
         if not costs:
             return 0.0
         wait = self._reserve(costs)

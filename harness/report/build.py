@@ -283,6 +283,11 @@ def build_folder_report(out_dir: Path, results: dict[str, Any]) -> list[Path]:
                 for r, cell in zip(rows, cells)])
     page.p(f"Worst run of each cell. Stall time: seconds in stretches longer than {D.STALL_GAP_S:g} s in "
            f"which no write committed. Checkpoint time: seconds spent in checkpoint calls.")
+    if len(cells) > 1:
+        from harness.explain import explain
+
+        page.h(1, "What changes the verdict")
+        page.bullets(explain(results))
     page.h(1, "Scenario")
     page.p(f"{scenario.get('description') or ''} (file `{scenario.get('source') or '-'}`, seed "
            f"{scenario.get('seed', '-')}, {results.get('repeat', '-')} run(s) per cell).".strip())

@@ -108,6 +108,18 @@ def _title(fig: Figure, text: str, colour: str | None) -> None:
     fig.suptitle(text, fontsize=11, color=colour or "black", x=0.01, ha="left")
 
 
+def _kind_panels(run: D.RunData, top_in: float,
+                 per_kind_in: float) -> tuple[Figure, list[tuple[Any, str, D.KindOps]], float]:
+    """One panel a kind of operation (``write`` alone when the run has none), on a shared time axis:
+    the figure, (axes, kind, operations) a panel, top to bottom, and the time bucket width."""
+    kinds = run.kinds or ["write"]
+    fig = _figure(10, top_in + per_kind_in * len(kinds))
+    axes = np.atleast_1d(fig.subplots(len(kinds), 1, sharex=True, squeeze=False)[:, 0])
+    empty = D.KindOps(np.array([]), np.array([]), np.array([], dtype=bool))
+    panels = [(ax, kind, run.ops.get(kind, empty)) for ax, kind in zip(axes, kinds)]
+    return fig, panels, D.bucket_seconds(run.span_s)
+
+
 # -------------------------------------------------------------- one run
 def draw_sizes(run: D.RunData, *, title: str = "", colour: str = CELL_COLOURS[0]) -> Figure:
     """WAL (top, checkpoints marked by mode and outcome) and database size (bottom) over time."""
@@ -150,12 +162,8 @@ def draw_sizes(run: D.RunData, *, title: str = "", colour: str = CELL_COLOURS[0]
 def draw_latency(run: D.RunData, *, title: str = "", colour: str | None = None) -> Figure:
     """Per kind: every operation's latency (points) and p50 / p95 / p99 per time bucket (lines,
     for buckets of at least ``PERCENTILE_MIN_COUNT`` operations)."""
-    kinds = run.kinds or ["write"]
-    fig = _figure(10, 1.0 + 2.0 * len(kinds))
-    axes = np.atleast_1d(fig.subplots(len(kinds), 1, sharex=True, squeeze=False)[:, 0])
-    width = D.bucket_seconds(run.span_s)
-    for ax, kind in zip(axes, kinds):
-        ops = run.ops.get(kind, D.KindOps(np.array([]), np.array([]), np.array([], dtype=bool)))
+    fig, panels, width = _kind_panels(run, 1.0, 2.0)
+    for ax, kind, ops in panels:
         t, ms = D.raw_points(ops)
         size, alpha = (6, 0.8) if ops.count < 200 else (4, 0.5) if ops.count < 5000 else (2.5, 0.35)
         ax.plot(t, ms, ls="none", marker=".", ms=size, alpha=alpha, color=kind_colour(kind),
@@ -180,20 +188,17 @@ def draw_latency(run: D.RunData, *, title: str = "", colour: str | None = None) 
         ax.legend(handles=handles + _stall_legend(stall_count) + _fault_legend(names), loc="upper left",
                   bbox_to_anchor=(1.0, 1.0),
                   framealpha=0.85, markerscale=2)
-    axes[-1].set_xlabel("seconds since start")
-    axes[-1].set_xlim(left=0)
+    bottom = panels[-1][0]
+    bottom.set_xlabel("seconds since start")
+    bottom.set_xlim(left=0)
     _title(fig, f"{title}  operation latency over time", colour)
     return fig
 
 
 def draw_throughput(run: D.RunData, *, title: str = "", colour: str | None = None) -> Figure:
     """Operations started per second, one panel per kind (linear axes, so a stall shows as zero)."""
-    kinds = run.kinds or ["write"]
-    fig = _figure(10, 0.8 + 1.5 * len(kinds))
-    axes = np.atleast_1d(fig.subplots(len(kinds), 1, sharex=True, squeeze=False)[:, 0])
-    width = D.bucket_seconds(run.span_s)
-    for ax, kind in zip(axes, kinds):
-        ops = run.ops.get(kind, D.KindOps(np.array([]), np.array([]), np.array([], dtype=bool)))
+    fig, panels, width = _kind_panels(run, 0.8, 1.5)
+    for ax, kind, ops in panels:
         series = D.throughput(ops, width, run.span_s)
         ax.plot(series["t"], series["ops_per_s"], color=kind_colour(kind), lw=1.3, drawstyle="steps-mid",
                 gid=f"throughput:{kind}")
@@ -206,8 +211,9 @@ def draw_throughput(run: D.RunData, *, title: str = "", colour: str | None = Non
         ax.set_ylabel(f"{kind}/s")
         ax.set_ylim(bottom=0)
         _style_axes(ax)
-    axes[-1].set_xlabel(f"seconds since start (bucket {width:g} s)")
-    axes[-1].set_xlim(left=0)
+    bottom = panels[-1][0]
+    bottom.set_xlabel(f"seconds since start (bucket {width:g} s)")
+    bottom.set_xlim(left=0)
     _title(fig, f"{title}  throughput (operations per second)", colour)
     return fig
 

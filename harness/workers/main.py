@@ -23,7 +23,8 @@ from pathlib import Path
 from harness.faults.worker_side import worker_hooks
 from harness.history import HistoryWriter
 from harness.sqlite.driver import library_info
-from harness.workers.roles import ROLE_CLASSES, WorkerContext
+from harness.workers.registry import ROLE_CLASSES
+from harness.workers.roles import WorkerContext
 
 EXIT_OK = 0
 EXIT_CRASH = 3

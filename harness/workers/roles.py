@@ -49,6 +49,16 @@ class WorkerContext:
             writer.close()
 
 
+def roll_back_failed(conn: Connection, ledger: LedgerWriter, txn: int | None) -> None:
+    """After an SQLite error in a write transaction: roll it back. A prepared transaction still open
+    when the error came was certainly rolled back (failed in the ledger); one whose COMMIT failed in
+    an unclear way stays indeterminate."""
+    still_open = conn.in_transaction
+    conn.rollback_quietly()
+    if txn is not None and still_open:
+        ledger.fail(txn)
+
+
 class Actor:
     """One thread of a worker: its connection, its random stream, its loop."""
 
@@ -287,11 +297,7 @@ class WriterMixin:
             except Exception as exc:
                 if not is_sqlite_error(exc):
                     raise
-                still_open = conn.in_transaction
-                conn.rollback_quietly()
-                if txn is not None and still_open:
-                    self.ledger.fail(txn)
-                # txn not None and not still_open: COMMIT failed in an unclear way -> indeterminate
+                roll_back_failed(conn, self.ledger, txn)
                 cls = classify_error(exc)
                 if txn is None and cls in ("busy", "locked") and busy_retries < retries and not self.ctx.stop.is_set():
                     busy_retries += 1
@@ -485,21 +491,3 @@ class Opener(WriterMixin, Actor):
             self.record_op("open", t0, m0, err=exc)
             return
         self.record_op("open", t0, m0)
-
-
-ROLE_CLASSES: dict[str, type[Actor]] = {
-    "writer": Writer,
-    "reader": Reader,
-    "checkpointer": Checkpointer,
-    "opener": Opener,
-}
-
-
-def _register_wal_reset_race() -> None:
-    # Its own module (harness/workers/walrace.py); imported here, after Actor exists.
-    from harness.workers.walrace import WalResetRace
-
-    ROLE_CLASSES["wal-reset-race"] = WalResetRace
-
-
-_register_wal_reset_race()

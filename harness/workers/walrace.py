@@ -46,8 +46,8 @@ from collections import OrderedDict
 from typing import Any
 
 from harness.ledger import LedgerOp, content_crc
-from harness.sqlite.driver import Connection, classify_error, is_sqlite_error
-from harness.workers.roles import MESSAGE_LIMIT, Actor, WorkerContext
+from harness.sqlite.driver import Connection, is_sqlite_error
+from harness.workers.roles import Actor, WorkerContext, roll_back_failed
 
 VERIFY_WINDOW = 1000       # canaries read back after each round (the most recent ones)
 MIN_CANARY_BYTES = 24      # rows with shorter content are not used as canaries
@@ -66,7 +66,6 @@ class WalResetRace(Actor):
         self.expected: "OrderedDict[int, int]" = OrderedDict()  # row id -> content crc
         self.rounds_limit = int(self.options.get("rounds", 0))
         self.stop_on_loss = bool(self.options.get("stop_on_loss", True))
-        self.mode = self.checkpoint["mode"]
         self.rounds_done = 0
         self.first_loss: dict[str, Any] | None = None
 
@@ -133,10 +132,7 @@ class WalResetRace(Actor):
         except Exception as exc:
             if not is_sqlite_error(exc):
                 raise
-            still_open = conn.in_transaction
-            conn.rollback_quietly()
-            if txn is not None and still_open:
-                self.ledger.fail(txn)
+            roll_back_failed(conn, self.ledger, txn)
             self.record_op("write", t0, m0, err=exc, round=round_index)
             return False
         self.ledger.acknowledge(txn)
@@ -149,22 +145,6 @@ class WalResetRace(Actor):
         head = f"canary {self.name} round {round_index} "
         body = "".join(f"{self.rng.getrandbits(32):08x}" for _ in range(size // 8 + 1))
         return (head + body)[:size]
-
-    def do_checkpoint(self, conn: Connection, source: str) -> tuple[int, int, int] | None:
-        t0, m0 = time.time(), time.perf_counter()
-        rec: dict[str, Any] = {"type": "checkpoint", "worker": self.name, "thread": self.thread_index,
-                               "t": t0, "mode": self.mode, "source": source}
-        result = None
-        try:
-            result = conn.checkpoint(self.mode)
-            rec.update(busy=result[0], log=result[1], checkpointed=result[2], err=None)
-        except Exception as exc:
-            if not is_sqlite_error(exc):
-                raise
-            rec.update(busy=None, log=None, checkpointed=None, err=classify_error(exc), msg=str(exc)[:MESSAGE_LIMIT])
-        rec["ms"] = (time.perf_counter() - m0) * 1000.0
-        self.ctx.history.record(rec)
-        return result
 
     def map_file(self) -> None:
         """Count messages on the racing connection: every leaf of the table goes through its mmap."""
@@ -219,7 +199,7 @@ class WalResetRace(Actor):
                     return
                 if quit_flag.is_set():
                     return
-                self.do_checkpoint(self.racer, "race")
+                self.run_checkpoint(self.racer, "race")
                 finished.set()
 
         helper = threading.Thread(target=racing_thread, name=f"{self.name}-race", daemon=True)
@@ -232,7 +212,7 @@ class WalResetRace(Actor):
                     break
                 round_index += 1
                 self.canary(round_index)
-                self.do_checkpoint(self.completer, "complete")
+                self.run_checkpoint(self.completer, "complete")
                 finished.clear()
                 try:
                     barrier.wait(timeout=30)
