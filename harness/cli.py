@@ -10,6 +10,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import NoReturn
 
 from harness.errors import ScenarioError, UsageError, WalstressError
 
@@ -17,7 +18,7 @@ EXIT_OK, EXIT_MISMATCH, EXIT_USAGE = 0, 1, 2
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # exit 2 with one line, as argparse does, but ours
+    def error(self, message: str) -> NoReturn:  # exit 2 with one line, as argparse does, but ours
         raise UsageError(f"{self.prog}: {message}")
 
 

@@ -161,20 +161,20 @@ def start_worker(ctx: RunContext, worker: WorkerProcess, sqlite_paths: list[str]
 
 def stop_workers(ctx: RunContext, grace_seconds: float = STOP_GRACE_SECONDS) -> None:
     """SIGTERM every live worker, wait, SIGKILL what is left, reap all."""
-    live = [w for w in ctx.workers if w.popen is not None and w.popen.poll() is None]
-    for worker in live:
+    live = [(w, w.popen) for w in ctx.workers if w.popen is not None and w.popen.poll() is None]
+    for worker, _popen in live:
         worker.stopped_by_controller = True
         _signal(worker, signal.SIGTERM)
         _signal(worker, signal.SIGCONT)  # a worker still frozen by a pause fault must run to stop
     deadline = time.monotonic() + grace_seconds
-    for worker in live:
+    for worker, popen in live:
         remaining = max(0.0, deadline - time.monotonic())
         try:
-            worker.popen.wait(timeout=remaining)
+            popen.wait(timeout=remaining)
         except subprocess.TimeoutExpired:
             worker.killed_by_controller = True
             _signal(worker, signal.SIGKILL)
-            worker.popen.wait(timeout=10)
+            popen.wait(timeout=10)
     reap_all(ctx)
 
 
@@ -187,6 +187,8 @@ def kill_workers(ctx: RunContext) -> None:
 
 
 def _signal(worker: WorkerProcess, sig: int) -> None:
+    if worker.popen is None:  # never started: nothing to signal
+        return
     try:
         worker.popen.send_signal(sig)
     except (ProcessLookupError, OSError):
@@ -276,10 +278,11 @@ def _wait_ready(ctx: RunContext) -> None:
         pending = [w for w in ctx.workers if not (control / f"ready-{w.name}").exists()]
         if not pending:
             return
-        dead = [w for w in pending if w.popen is not None and w.popen.poll() is not None]
+        dead = [(w, w.popen) for w in pending if w.popen is not None and w.popen.poll() is not None]
         if dead:
-            raise RuntimeError(f"worker {dead[0].name} exited with code {dead[0].popen.returncode} before it was ready "
-                               f"(see {dead[0].log_path})")
+            worker, popen = dead[0]
+            raise RuntimeError(f"worker {worker.name} exited with code {popen.returncode} before it was ready "
+                               f"(see {worker.log_path})")
         time.sleep(0.01)
     raise RuntimeError(f"workers not ready after {READY_TIMEOUT_SECONDS:.0f} s")
 

@@ -8,6 +8,7 @@ import platform
 import sqlite3
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -169,7 +170,7 @@ def run_scenario(scenario: Scenario, out_dir: str | Path, *, repeat: int | None 
                 console.run_started(cell, index, repeats, run_dir)
             fault_plan = _fault_plan(cs, seed)
             result = execute_run(cs, run_dir, template, seed=seed, sqlite_paths=sqlite_paths, duration=duration,
-                                 progress=(lambda info, c=cell, i=index: console.run_progress(c, i, info)) if console else None,
+                                 progress=partial(console.run_progress, cell, index) if console else None,
                                  faults=fault_plan)
             result["repeat_index"] = index
             runs.append(result)

@@ -10,7 +10,7 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import psutil
 
@@ -37,7 +37,7 @@ class Sampler(threading.Thread):
         self.proc_every = max(1, proc_every)
         self._stop_event = threading.Event()
         self._procs: dict[int, psutil.Process] = {}
-        self.latest: dict[str, float] = {"db_bytes": 0, "wal_bytes": 0, "shm_bytes": 0}
+        self.latest: dict[str, Any] = {"db_bytes": 0, "wal_bytes": 0, "shm_bytes": 0}
         self.wal_peak_bytes = 0
         self.samples = 0
 
@@ -47,7 +47,7 @@ class Sampler(threading.Thread):
 
     def sample_once(self) -> None:
         now = time.time()
-        rec = {
+        rec: dict[str, Any] = {
             "type": "sample", "t": now,
             "db_bytes": file_size(self.db_path),
             "wal_bytes": file_size(self.db_path + "-wal"),

@@ -39,7 +39,7 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from harness.errors import ScenarioError
 
@@ -238,7 +238,7 @@ def _type_name(tp: Any) -> str:
 
 def coerce_value(f: dataclasses.Field, value: Any, *, from_text: bool = False) -> Any:
     """Check and convert one value for field f; raise ValueError saying what is allowed."""
-    meta = f.metadata or {}
+    meta: Mapping[str, Any] = f.metadata or {}
     kind = meta.get("kind")
     tp = f.type if not isinstance(f.type, str) else {"int": int, "float": float, "str": str, "bool": bool}.get(f.type, str)
     if from_text and isinstance(value, str):
@@ -344,6 +344,14 @@ def _field_of(cls: type, name: str) -> dataclasses.Field | None:
     return None
 
 
+def _known_field(cls: type, name: str) -> dataclasses.Field:
+    """The field ``name`` of ``cls``, which the code names and so must exist."""
+    f = _field_of(cls, name)
+    if f is None:
+        raise LookupError(f"{cls.__name__} has no field {name!r}")
+    return f
+
+
 def _set_checked(source: str, key: str, target: Any, f: dataclasses.Field, value: Any, *, from_text: bool) -> None:
     try:
         setattr(target, f.name, coerce_value(f, value, from_text=from_text))
@@ -388,7 +396,7 @@ def apply_setting(scenario: Scenario, key: str, value: Any, *, source: str, from
     parts = key.split(".")
     top = parts[0]
     if len(parts) == 1 and top in _SCALAR_TOP:
-        _set_checked(source, key, scenario, _field_of(Scenario, top), value, from_text=from_text)
+        _set_checked(source, key, scenario, _known_field(Scenario, top), value, from_text=from_text)
         return
     if key == "sqlite":
         _set_sqlite_library(scenario, value, source)
@@ -517,13 +525,13 @@ def _build_expect_when(scenario: Scenario, rules: Any, source: str) -> list[dict
         if "expect" not in rule:
             raise ScenarioError(source, f"{where}.expect", "missing; one of " + ", ".join(EXPECTATIONS))
         try:
-            expect = coerce_value(_field_of(Scenario, "expect"), rule["expect"])
+            expect = coerce_value(_known_field(Scenario, "expect"), rule["expect"])
         except ValueError as exc:
             raise ScenarioError(source, f"{where}.expect", f"{json.dumps(rule['expect'])} is not allowed; expected {exc}") from None
         fraction = None
         if "fraction" in rule:
             try:
-                fraction = coerce_value(_field_of(Scenario, "expect_fraction"), rule["fraction"])
+                fraction = coerce_value(_known_field(Scenario, "expect_fraction"), rule["fraction"])
             except ValueError as exc:
                 raise ScenarioError(source, f"{where}.fraction", f"{json.dumps(rule['fraction'])} is not allowed; expected {exc}") from None
         out.append({"match": checked, "expect": expect, "fraction": fraction})
@@ -678,7 +686,8 @@ def expand_matrix(scenario: Scenario) -> list[Cell]:
 def scenario_to_jsonable(scenario: Scenario) -> dict:
     data = scenario.to_dict()
     data["faults"] = {
-        name: dataclasses.asdict(section) if dataclasses.is_dataclass(section) else section
+        name: dataclasses.asdict(section)
+        if dataclasses.is_dataclass(section) and not isinstance(section, type) else section
         for name, section in scenario.faults.items()
     }
     return data

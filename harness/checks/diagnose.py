@@ -51,7 +51,7 @@ print(json.dumps(out))
 
 
 def _signature(paths: list[Path]) -> list:
-    sig = []
+    sig: list[tuple[int, int, int] | None] = []
     for p in paths:
         try:
             st = os.stat(p)
@@ -215,6 +215,7 @@ def _check_copy(copy: Path, result: dict, stable: bool) -> tuple[str, str]:
 
     integ = run_integrity(copy)
     result["integrity"] = integ.to_dict()
+    after: dict | None
     try:
         after = read_header(copy)      # checkpointed: the latest page count
     except (OSError, NotADatabaseError):

@@ -97,9 +97,8 @@ def objects_in_message(named_line: str) -> list[str]:
         found.extend((m.start(), m.group(1)) for m in rx.finditer(named_line))
     found.extend((m.start(), m.group(1) or m.group(2))
                  for m in _NAMED_RE.finditer(named_line))
-    seen: set[str] = set()
-    return [n for _pos, n in sorted(found)
-            if not n.startswith("(") and not (n in seen or seen.add(n))]
+    # dict.fromkeys: drops repeats, keeps the first appearance
+    return list(dict.fromkeys(n for _pos, n in sorted(found) if not n.startswith("(")))
 
 
 def fts5_tables(conn: sqlite3.Connection) -> list[str]:
@@ -242,9 +241,7 @@ def _name_damage(res: IntegrityResult, path: Path, roots: dict[int, str]) -> Non
         # malformed"): fall back on what the walk of the file found
         for problem in res.walk_problems:
             damaged.extend(m.group(1) for m in _WALK_NAME_RE.finditer(problem))
-    seen: set[str] = set()
-    res.damaged_objects = [n for n in damaged
-                           if not n.startswith("(") and not (n in seen or seen.add(n))]
+    res.damaged_objects = list(dict.fromkeys(n for n in damaged if not n.startswith("(")))
 
 
 def _owners_from_dbstat(path: Path, wanted: set[int]) -> dict[int, str]:

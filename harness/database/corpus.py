@@ -31,6 +31,7 @@ import json
 import random
 import uuid
 from functools import lru_cache
+from typing import Any
 
 __all__ = ["Corpus", "ROLES", "SOURCES", "TOOL_NAMES", "MODELS"]
 
@@ -321,6 +322,7 @@ class Corpus:
         rng = self.rng
         pending = self._pending_tool_calls.get(session_id)
         tool_call_id = tool_calls = tool_name = finish_reason = None
+        content: str | None
         if pending:
             role = "tool"
             tool_call_id, tool_name = pending.pop(0)
@@ -366,7 +368,7 @@ class Corpus:
 
     def _tool_calls(self, session_id: str) -> list[dict]:
         rng, pools = self.rng, self._pools
-        calls = []
+        calls: list[dict[str, Any]] = []
         for _ in range(rng.choices((1, 2, 3), (75, 18, 7))[0]):
             call_id = f"call_{rng.getrandbits(96):024x}"
             name = rng.choice(TOOL_NAMES)

@@ -242,7 +242,7 @@ def _session_rows(
     session_id = session["id"]
     length = 1 + int(plan_rng.expovariate(1 / (_MEAN_MESSAGES_PER_SESSION - 1)))
     timestamp = session["started_at"]
-    rows = []
+    rows: list[tuple] = []
     tool_calls = input_tokens = output_tokens = 0
     message_id = first_id
     while len(rows) < length or corpus.has_pending_tool_calls(session_id):

@@ -415,10 +415,10 @@ def _ack_times(ledger_dir: Path) -> dict[int, float]:
 
     ledger = read_ledger(ledger_dir)
     out: dict[int, float] = {}
-    for txn in sorted((t for t in ledger.transactions if t.state == "acked" and t.t_end is not None),
-                      key=lambda t: t.t_end):
+    acked = [(t.t_end, t) for t in ledger.transactions if t.state == "acked" and t.t_end is not None]
+    for t_end, txn in sorted(acked, key=lambda pair: pair[0]):
         for op in txn.ops:
-            out[op.row_id] = txn.t_end
+            out[op.row_id] = t_end
     return out
 
 

@@ -199,6 +199,7 @@ class KillFault(ScheduledFault):
         start_worker(ctx, worker, list(spec.get("sqlite_paths") or []), env)
         ctx.workers.append(worker)
         self.started.append((worker, Path(spec["ready_path"])))
+        assert worker.popen is not None  # start_worker started it (or raised)
         self.record(ctx, t=t, t_end=time.time(), target=old.name, action="restart", incarnation=k,
                     pid=worker.popen.pid, spec=spec_path.name)
 

@@ -411,12 +411,13 @@ class _Base:
     def __init__(self, file: Any, cls: type):
         self.file = file
         self.cls = cls
+        self.own: Any = super(cls, file)  # the methods of the classes after cls in file's MRO
 
     def size(self) -> int:
-        return int(super(self.cls, self.file).xFileSize())
+        return int(self.own.xFileSize())
 
     def read(self, amount: int, offset: int) -> bytes:
-        return bytes(super(self.cls, self.file).xRead(amount, offset))
+        return bytes(self.own.xRead(amount, offset))
 
 
 def _make_vfs(state: ShimState) -> Any:
@@ -456,16 +457,18 @@ def _make_vfs(state: ShimState) -> Any:
             if state.throttle is not None:
                 state.add_delay("throttle_write", state.throttle.write(length))
             self._delay("write", state.write_delay_s)
-            if self.fid:
-                state.undo.before_write(self.fid, self.base, offset, length)
+            undo = state.undo  # set before any file it tracks is opened (fid != 0), never unset
+            if self.fid and undo is not None:
+                undo.before_write(self.fid, self.base, offset, length)
             super().xWrite(data, offset)
             if self.is_main_db and state.cut is not None:
                 state.cut.after_db_write(offset)
 
         def xTruncate(self, newsize: int) -> None:
             state.add("truncates")
-            if self.fid:
-                state.undo.before_truncate(self.fid, self.base, newsize)
+            undo = state.undo
+            if self.fid and undo is not None:
+                undo.before_truncate(self.fid, self.base, newsize)
             super().xTruncate(newsize)
 
         def xSync(self, flags: int) -> None:
@@ -480,10 +483,11 @@ def _make_vfs(state: ShimState) -> Any:
                 if seconds > 0:
                     time.sleep(seconds)
                     state.add_delay("sync", seconds)
-            if self.fid:
-                began = state.undo.sync_begin(self.fid, self.base)
+            undo = state.undo
+            if self.fid and undo is not None:
+                began = undo.sync_begin(self.fid, self.base)
                 super().xSync(flags)
-                state.undo.sync_end(self.fid, began)
+                undo.sync_end(self.fid, began)
             else:
                 super().xSync(flags)
             state.add("syncs_done")
@@ -510,14 +514,14 @@ def summarize_vfs_stats(records: list[dict[str, Any]]) -> dict[str, Any] | None:
     stats = [r for r in records if r.get("type") == "vfs_stats"]
     if not stats:
         return None
-    total: Counter = Counter()
+    total: dict[str, float] = {}
     features: set[str] = set()
     for rec in stats:
         for key, value in rec.items():
             if key in ("type", "worker", "pid", "t", "features"):
                 continue
             if isinstance(value, (int, float)) and not isinstance(value, bool):
-                total[key] += value
+                total[key] = total.get(key, 0) + value
         features.update(rec.get("features") or [])
     out: dict[str, Any] = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in sorted(total.items())}
     out["workers_reporting"] = len(stats)

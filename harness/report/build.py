@@ -198,7 +198,7 @@ def lost_section(page: P.Page, result: dict[str, Any], run_dir: Path, *, level: 
 def environment_section(page: P.Page, env: dict[str, Any] | None, run_dir: Path, *, level: int) -> None:
     page.h(level, "Environment")
     read_now = not env
-    if read_now:
+    if not env:
         from harness.matrix import environment_info
 
         env = environment_info(run_dir)

@@ -216,7 +216,11 @@ def latency_buckets(ops: KindOps, width_s: float) -> dict[str, np.ndarray]:
         empty = np.asarray([], dtype=float)
         return {"t": empty, "count": empty, "p50": empty, "p95": empty, "p99": empty}
     index = np.floor(ops.t / width_s).astype(np.int64)
-    mids, counts, p50, p95, p99 = [], [], [], [], []
+    mids: list[float] = []
+    counts: list[int] = []
+    p50: list[float] = []
+    p95: list[float] = []
+    p99: list[float] = []
     order = np.argsort(index, kind="stable")
     sorted_index = index[order]
     sorted_ms = ops.ms[order]

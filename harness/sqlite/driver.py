@@ -8,7 +8,12 @@ given SQLite version has that version's apsw first).
 from __future__ import annotations
 
 import re
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence, cast
+
+if TYPE_CHECKING:
+    import sqlite3
+
+    import apsw
 
 ERROR_CLASSES = ("busy", "locked", "corrupt", "ioerr", "other")
 
@@ -71,6 +76,8 @@ class Connection:
                  vfs: str | None = None):
         self.driver = driver
         self.path = str(path)
+        # sqlite3.Connection or apsw.Connection, as self.driver says; see _stdlib/_apsw.
+        self._conn: sqlite3.Connection | apsw.Connection
         if vfs and driver != "apsw":
             raise ValueError(f"a VFS ({vfs}) needs the apsw driver")
         if driver == "stdlib":
@@ -85,26 +92,34 @@ class Connection:
                 uri=readonly,
             )
             self.sqlite_version = sqlite3.sqlite_version
-            self._lastrowid = None
+            self._lastrowid: int | None = None
             self._rowcount = 0
         elif driver == "apsw":
             import apsw
 
             flags = apsw.SQLITE_OPEN_READONLY if readonly else apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
             self._conn = apsw.Connection(self.path, flags=flags, vfs=vfs) if vfs else apsw.Connection(self.path, flags=flags)
-            self._conn.setbusytimeout(int(busy_timeout_ms))
+            self._apsw.setbusytimeout(int(busy_timeout_ms))
             self.sqlite_version = apsw.sqlite_lib_version()
         else:
             raise ValueError(f"unknown driver {driver!r}")
 
+    @property
+    def _stdlib(self) -> sqlite3.Connection:
+        return cast("sqlite3.Connection", self._conn)
+
+    @property
+    def _apsw(self) -> apsw.Connection:
+        return cast("apsw.Connection", self._conn)
+
     def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
         if self.driver == "stdlib":
-            cursor = self._conn.execute(sql, params)
+            cursor = self._stdlib.execute(sql, params)
             rows = cursor.fetchall()
             self._lastrowid = cursor.lastrowid
             self._rowcount = cursor.rowcount
             return rows
-        return [tuple(r) for r in self._conn.cursor().execute(sql, params)]
+        return [tuple(r) for r in self._apsw.cursor().execute(sql, params)]
 
     def scalar(self, sql: str, params: Sequence[Any] = ()) -> Any:
         rows = self.execute(sql, params)
@@ -112,26 +127,28 @@ class Connection:
 
     def executescript(self, sql: str) -> None:
         if self.driver == "stdlib":
-            self._conn.executescript(sql)
+            self._stdlib.executescript(sql)
         else:
-            self._conn.cursor().execute(sql)
+            self._apsw.cursor().execute(sql)
 
     @property
     def lastrowid(self) -> int:
         if self.driver == "stdlib":
+            if self._lastrowid is None:
+                raise TypeError("no statement has run on this connection yet")
             return int(self._lastrowid)
-        return int(self._conn.last_insert_rowid())
+        return int(self._apsw.last_insert_rowid())
 
     def changes(self) -> int:
         if self.driver == "stdlib":
             return int(self._rowcount)
-        return int(self._conn.changes())
+        return int(self._apsw.changes())
 
     @property
     def in_transaction(self) -> bool:
         if self.driver == "stdlib":
-            return bool(self._conn.in_transaction)
-        return not self._conn.getautocommit()
+            return bool(self._stdlib.in_transaction)
+        return not self._apsw.getautocommit()
 
     def rollback_quietly(self) -> None:
         try:
@@ -182,11 +199,11 @@ def library_info(driver: str = "stdlib") -> dict:
         }
     import apsw
 
-    conn = apsw.Connection(":memory:")
+    aconn = apsw.Connection(":memory:")
     try:
-        options = [r[0] for r in conn.cursor().execute("PRAGMA compile_options")]
+        options = [r[0] for r in aconn.cursor().execute("PRAGMA compile_options")]
     finally:
-        conn.close()
+        aconn.close()
     return {
         "driver": "apsw",
         "sqlite_version": apsw.sqlite_lib_version(),

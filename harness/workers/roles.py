@@ -20,7 +20,7 @@ import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from harness.history import HistoryWriter
 from harness.ledger import LedgerOp, LedgerWriter, content_crc
@@ -170,6 +170,18 @@ class WriterMixin:
     rng: random.Random
     ctx: WorkerContext
     spec: dict
+    name: str
+    thread_index: int
+    schema: str
+    per_op: bool
+
+    if TYPE_CHECKING:  # provided by Actor, which every user of the mixin also derives from
+        def acquire(self) -> Connection: ...
+
+        def release(self) -> None: ...
+
+        def record_op(self, kind: str, t0: float, m0: float, *, err: BaseException | None = None,
+                      **extra: Any) -> None: ...
 
     def init_writing(self, partition: tuple[int, int]) -> None:
         from harness.database.corpus import Corpus
@@ -334,9 +346,7 @@ class Writer(WriterMixin, Actor):
     def step(self) -> None:
         action = self.rng.choice(self.choices)
         target = self.pick_existing() if action != "insert" else None
-        if target is None:
-            action = "insert"
-        if action == "insert":
+        if target is None:  # an insert, or nothing to update or delete: insert instead
             batch = self.options["batch"]
             self.transaction("write", lambda c: self.do_insert(c, batch), self.options["retries"])
         elif action == "update":
@@ -359,6 +369,7 @@ class Writer(WriterMixin, Actor):
         from harness.database.schema import get_schema
 
         for table in get_schema(self.schema).fts_tables:
+            params: tuple[int, ...]
             if action == "optimize":
                 sql, params = f"INSERT INTO {table}({table}) VALUES('optimize')", ()
             else:

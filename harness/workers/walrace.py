@@ -84,8 +84,15 @@ class WalResetRace(Actor):
                                  "msg": f"wal-reset-race: dropped the messages triggers {dropped} so that a canary "
                                         "write changes one leaf page only"})
 
+    @staticmethod
+    def _opened(conn: Connection | None) -> Connection:
+        """``conn``, which setup() opened and teardown() has not closed yet."""
+        if conn is None:
+            raise RuntimeError("wal-reset-race: a connection used before setup() or after teardown()")
+        return conn
+
     def _drop_sync_triggers(self) -> list[str]:
-        conn = self.writer
+        conn = self._opened(self.writer)
         names = [r[0] for r in conn.execute(
             "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'messages' ORDER BY name")]
         if names:
@@ -110,7 +117,7 @@ class WalResetRace(Actor):
     # ----------------------------------------------------------------- steps
     def canary(self, round_index: int) -> bool:
         """One acknowledged same-length UPDATE of a messages row. False when it failed."""
-        conn = self.writer
+        conn = self._opened(self.writer)
         t0, m0 = time.time(), time.perf_counter()
         txn = None
         try:
@@ -150,7 +157,7 @@ class WalResetRace(Actor):
         """Count messages on the racing connection: every leaf of the table goes through its mmap."""
         t0, m0 = time.time(), time.perf_counter()
         try:
-            rows = self.racer.scalar("SELECT count(*) FROM messages")
+            rows = self._opened(self.racer).scalar("SELECT count(*) FROM messages")
         except Exception as exc:
             if not is_sqlite_error(exc):
                 raise
@@ -167,7 +174,7 @@ class WalResetRace(Actor):
             for start in range(0, len(ids), 500):
                 part = ids[start:start + 500]
                 marks = ",".join("?" * len(part))
-                for row_id, content in self.completer.execute(
+                for row_id, content in self._opened(self.completer).execute(
                         f"SELECT id, content FROM messages WHERE id IN ({marks})", part):
                     found[int(row_id)] = content_crc(content)
         except Exception as exc:
@@ -199,7 +206,7 @@ class WalResetRace(Actor):
                     return
                 if quit_flag.is_set():
                     return
-                self.run_checkpoint(self.racer, "race")
+                self.run_checkpoint(self._opened(self.racer), "race")
                 finished.set()
 
         helper = threading.Thread(target=racing_thread, name=f"{self.name}-race", daemon=True)
@@ -212,7 +219,7 @@ class WalResetRace(Actor):
                     break
                 round_index += 1
                 self.canary(round_index)
-                self.run_checkpoint(self.completer, "complete")
+                self.run_checkpoint(self._opened(self.completer), "complete")
                 finished.clear()
                 try:
                     barrier.wait(timeout=30)
