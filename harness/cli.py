@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -19,11 +20,15 @@ EXIT_OK, EXIT_MISMATCH, EXIT_USAGE = 0, 1, 2
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:  # exit 2 with one line, as argparse does, but ours
-        raise UsageError(f"{self.prog}: {message}")
+        command = self.prog.partition(" ")[2]
+        raise UsageError(f"{command + ': ' if command else ''}{message} (see '{self.prog} --help')")
 
 
 def _parser() -> argparse.ArgumentParser:
+    from harness import __version__
+
     parser = _Parser(prog="walstress", description="Reproduce SQLite WAL corruption on demand.")
+    parser.add_argument("--version", action="version", version=f"walstress {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = sub.add_parser("run", help="run a scenario file (every matrix cell x repeat)")
@@ -40,19 +45,19 @@ def _parser() -> argparse.ArgumentParser:
                      help="run only the cells whose index %% N == K-1 (join the shards with walstress merge)")
 
     build = sub.add_parser("build", help="build a template database")
-    build.add_argument("--pages", type=int, default=65536)
-    build.add_argument("--page-size", type=int, default=4096)
-    build.add_argument("--schema", default="hermes")
-    build.add_argument("--seed", type=int, default=0)
-    build.add_argument("--out", required=True, help="database file to create")
+    build.add_argument("--pages", type=int, default=65536, help="at least this many pages (default 65536)")
+    build.add_argument("--page-size", type=int, default=4096, help="bytes per page (default 4096)")
+    build.add_argument("--schema", default="hermes", help='"hermes" (the bug report\'s schema) or "minimal"')
+    build.add_argument("--seed", type=int, default=0, help="seed of the synthetic messages (default 0)")
+    build.add_argument("--out", required=True, help="database file to create (must not exist)")
 
-    check = sub.add_parser("check", help="read-only diagnosis of a database file")
-    check.add_argument("db")
-    check.add_argument("--json", action="store_true")
+    check = sub.add_parser("check", help="read-only diagnosis of a database file (exit 0 healthy, 1 damaged, 2 error)")
+    check.add_argument("db", help="database file; its -wal is read too; nothing is written")
+    check.add_argument("--json", action="store_true", help="print the diagnosis as JSON")
 
-    report = sub.add_parser("report", help="judge a run dir again and rebuild its report")
-    report.add_argument("run_dir")
-    report.add_argument("--json", action="store_true")
+    report = sub.add_parser("report", help="judge again and rebuild the report of an output folder or one run dir")
+    report.add_argument("run_dir", help="output folder of walstress run (with results.json) or one cell-NNN/run-NNN")
+    report.add_argument("--json", action="store_true", help="print the results as JSON")
 
     merge = sub.add_parser("merge", help="join the results of shard runs (walstress run --shard K/N)")
     merge.add_argument("dirs", nargs="+", metavar="DIR", help="output folders (or results.json files) of the shards")
@@ -140,7 +145,8 @@ def _cmd_build(args: argparse.Namespace) -> int:
     from harness.database.template import build_database
 
     def progress(text: str) -> None:
-        print(f"  {text}", file=sys.stderr)
+        if not text.startswith("built "):  # the summary line below says it
+            print(f"  {text}", file=sys.stderr)
 
     try:
         info = build_database(args.out, schema=args.schema, pages=args.pages, page_size=args.page_size,
@@ -148,7 +154,8 @@ def _cmd_build(args: argparse.Namespace) -> int:
     except (ValueError, KeyError) as exc:
         raise UsageError(str(exc).strip("'\"")) from None
     except FileExistsError as exc:
-        raise UsageError(str(exc)) from None
+        name = exc.filename or str(exc)
+        raise UsageError(f"{name} exists; choose another --out or remove it") from None
     print(f"built {info['path']}: {info['pages']:,} pages of {info['page_size']} bytes, "
           f"{info['messages']:,} messages, {info['sessions']:,} sessions in {info['build_seconds']:.1f} s")
     return EXIT_OK
@@ -176,6 +183,10 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
         if data.get("cells"):
             print(summary_table(data))
+        elif data.get("run"):
+            run = data["run"]
+            print(f"{run['verdict'].upper()}: {run['reason']} (expect {data.get('expect', 'clean')})")
+        print(f"report: {target / 'report.md'}")
     return EXIT_OK if data.get("ok") else EXIT_MISMATCH
 
 
@@ -237,6 +248,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = _parser().parse_args(argv)
         return COMMANDS[args.command](args)
+    except BrokenPipeError:  # the reader of our output went away (e.g. | head): not an error of ours
+        try:
+            sys.stdout = open(os.devnull, "w")
+        except OSError:
+            pass
+        return EXIT_OK
     except (ScenarioError, UsageError, WalstressError) as exc:
         print(f"walstress: {exc}", file=sys.stderr)
         return EXIT_USAGE

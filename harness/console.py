@@ -132,12 +132,12 @@ class Console:
         writes = result["writes"]
         partial = "  PARTIAL" if result.get("partial") else ""
         self._print(f"  -> {result['verdict'].upper()}{partial}: {result['reason']}  "
-                    f"(acked {writes['acked']}, lost {writes['lost']}, WAL peak {human_bytes(result['wal_peak_bytes'])})")
+                    f"(acknowledged rows {writes['acked']}, lost {writes['lost']}, WAL peak {human_bytes(result['wal_peak_bytes'])})")
 
 
 def summary_table(results: dict[str, Any]) -> str:
     """The end-of-run table: one row per cell (worst run for latencies and WAL)."""
-    header = ["cell", "params", "expect", "runs", "clean", "corrupt", "lost", "errors", "WAL peak",
+    header = ["cell", "params", "expect", "runs", "clean", "corrupt", "lost-writes", "errors", "WAL peak",
               "write p99", "write max", "ok"]
     rows = [header]
     for cell in results["cells"]:
@@ -146,7 +146,7 @@ def summary_table(results: dict[str, Any]) -> str:
         maxes = [w.get("max_ms") for w in writes if w.get("max_ms") is not None]
         partial = any(r.get("partial") for r in cell["results"])
         rows.append([
-            cell["cell_id"], cell["label"][:40], cell["expect"], str(cell["runs"]), str(cell["clean"]),
+            cell["cell_id"], cell["label"][:48], cell["expect"], str(cell["runs"]), str(cell["clean"]),
             str(cell["corrupt"]), str(cell["lost"]), str(cell["errors"]), human_bytes(cell["wal_peak_bytes"]),
             f"{max(p99s):.1f} ms" if p99s else "-", f"{max(maxes):.0f} ms" if maxes else "-",
             ("yes" if cell["matches_expect"] else "NO") + (" (partial)" if partial else ""),
@@ -154,4 +154,6 @@ def summary_table(results: dict[str, Any]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = ["  ".join(value.ljust(widths[i]) for i, value in enumerate(row)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
+    lines.append("(clean, corrupt, lost-writes, errors: runs with that verdict; WAL peak and write latency: "
+                 "the worst run of the cell)")
     return "\n".join(lines)

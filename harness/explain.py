@@ -181,8 +181,9 @@ def explain(results: dict[str, Any]) -> list[str]:
         sentences.append(_explain_factor(key, levels))
     damaged_cells = [c for c in cells if c.get("time_to_first_failure_s") is not None]
     for cell in damaged_cells:
-        sentences.append(f"{cell.get('label') or cell.get('cell_id')}: first failure after "
-                         f"{cell['time_to_first_failure_s']} s of run time.")
+        sentences.append(f"{cell.get('label') or cell.get('cell_id')}: first damage seen after "
+                         f"{cell['time_to_first_failure_s']} s of run time (the cell's runs in order; within "
+                         f"the failing run, SQLite's first corruption error, else the checks at its end).")
     mismatched = [c for c in cells if not c.get("matches_expect", True)]
     if mismatched:
         sentences.append("Cells whose verdicts did not match their expectation: "

@@ -110,6 +110,8 @@ def judge_run(run_dir: str | Path) -> dict[str, Any]:
     t_go = next((r["t"] for r in records if r.get("type") == "go"), None)
     t_stop = run_stop["t"] if run_stop else (records[-1]["t"] if records else None)
     versions = sorted({w["sqlite_version"] for w in workers if w["sqlite_version"]})
+    corrupt_times = [r["t"] for r in records if r.get("type") in ("op", "checkpoint") and r.get("err") == "corrupt"]
+    first_corruption_error_s = round(min(corrupt_times) - t_go, 3) if (corrupt_times and t_go) else None
     faults = by_type(records, "fault")
     result = {
         "run_dir": str(run_dir),
@@ -119,6 +121,7 @@ def judge_run(run_dir: str | Path) -> dict[str, Any]:
         "partial": partial,
         "duration_s": round(t_stop - t_go, 3) if (t_go and t_stop) else 0.0,
         "planned_duration_s": meta.get("duration"),
+        "first_corruption_error_s": first_corruption_error_s,
         "started_at": run_start["t"] if run_start else None,
         "sqlite": {"driver": scenario["sqlite"]["driver"], "requested_version": scenario["sqlite"]["version"],
                    "worker_versions": versions, "check_version": integrity_dict["sqlite_version"] if integrity_dict else None},

@@ -84,7 +84,9 @@ def summarize_cell(cell_id: str, label: str, params: dict[str, Any], expect: str
     elapsed = 0.0
     for run in runs:
         if run["verdict"] in ("corrupt", "lost-writes"):
-            first_failure = round(elapsed + run.get("duration_s", 0.0), 3)
+            # within the failing run: SQLite's first corruption error, else the run's end (the checks)
+            within = run.get("first_corruption_error_s")
+            first_failure = round(elapsed + (within if within is not None else run.get("duration_s", 0.0)), 3)
             break
         elapsed += run.get("duration_s", 0.0)
     return {
@@ -192,9 +194,11 @@ def _fault_plan(scenario: Scenario, seed: int) -> Any:
     return build_plan(scenario, seed)
 
 
-def _write_results(results: dict[str, Any], path: Path, started: float) -> None:
-    results["finished_at"] = time.time()
-    results["elapsed_s"] = round(results["finished_at"] - started, 3)
+def _write_results(results: dict[str, Any], path: Path, started: float, *, keep_times: bool = False) -> None:
+    """Write results.json atomically; keep_times keeps the run's own finish time (a re-judgement)."""
+    if not (keep_times and results.get("finished_at")):
+        results["finished_at"] = time.time()
+        results["elapsed_s"] = round(results["finished_at"] - started, 3)
     results["ok"] = all(c["matches_expect"] for c in results["cells"]) and bool(results["cells"])
     results["totals"] = {
         "cells": len(results["cells"]),
@@ -225,7 +229,8 @@ def rejudge_dir(target: str | Path, judge: Callable[[Path], dict[str, Any]]) -> 
     target = Path(target)
     if (target / "scenario.json").exists() and not (target / "results.json").exists():
         run = judge(target)
-        return {"cells": [], "ok": run["verdict"] == "clean", "run": run}
+        expect = json.loads((target / "scenario.json").read_text())["scenario"].get("expect", "clean")
+        return {"cells": [], "ok": matches(expect, run["verdict"]), "expect": expect, "run": run}
     previous: dict[str, Any] = {}
     if (target / "results.json").exists():
         previous = load_results(target)
@@ -255,7 +260,8 @@ def rejudge_dir(target: str | Path, judge: Callable[[Path], dict[str, Any]]) -> 
     results["partial"] = partial
     if partial and not previous:
         results["note"] = "results rebuilt from a run dir whose controller did not finish"
-    _write_results(results, target / "results.json", results.get("started_at", time.time()))
+    results["rejudged_at"] = time.time()
+    _write_results(results, target / "results.json", results.get("started_at", time.time()), keep_times=True)
     return results
 
 

@@ -418,6 +418,10 @@ def apply_setting(scenario: Scenario, key: str, value: Any, *, source: str, from
             return
     if top == "workers" and len(parts) == 3:
         role, name = parts[1], parts[2]
+        if role not in ROLES:
+            close = difflib.get_close_matches(role, ROLES, n=1, cutoff=0.6)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise ScenarioError(source, key, f"unknown worker role '{role}'{hint} (roles: {', '.join(ROLES)})")
         f = _WORKER_FIELDS.get(name)
         if role in ROLES and f is not None and name != "role":
             entries = [w for w in scenario.workers if w.role == role]
@@ -662,7 +666,15 @@ class Cell:
     def label(self) -> str:
         if not self.params:
             return self.scenario.name
-        return " ".join(f"{k.split('.')[-1]}={v}" for k, v in self.params.items())
+        return " ".join(f"{short_key(k)}={json.dumps(v) if isinstance(v, bool) else v}"
+                        for k, v in self.params.items())
+
+
+def short_key(key: str) -> str:
+    """A matrix key as cell labels show it: checkpoint.mode -> mode,
+    faults.lock_breaker.enabled -> lock_breaker.enabled, workers.writer.count -> writer.count."""
+    parts = key.split(".")
+    return ".".join(parts[1:]) if len(parts) == 3 else parts[-1]
 
 
 def expand_matrix(scenario: Scenario) -> list[Cell]:

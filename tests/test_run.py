@@ -173,3 +173,20 @@ def test_ctrl_c_stops_every_worker(tmp_path):
     assert [pid for pid in pids if alive(pid)] == []
     exits = [r for r in read_records(run_dir / "history" / "controller.jsonl") if r.get("type") == "worker_exit"]
     assert len(exits) == len(pids)
+
+
+def test_report_again_keeps_the_run_times_and_the_verdict(clean_run, capsys):
+    from harness.cli import main as cli_main
+
+    _, out = clean_run
+    before = json.loads((out / "results.json").read_text())
+    assert cli_main(["report", str(out)]) == 0
+    after = json.loads((out / "results.json").read_text())
+    assert (after["finished_at"], after["elapsed_s"]) == (before["finished_at"], before["elapsed_s"])
+    assert after["rejudged_at"] >= before["finished_at"]
+    assert [r["verdict"] for r in after["cells"][0]["results"]] == ["clean"]
+    assert (out / "report.md").exists() and (out / "report.html").exists()
+    # one run dir: judged and reported on its own, the verdict printed
+    run_dir = Path(after["cells"][0]["results"][0]["run_dir"])
+    assert cli_main(["report", str(run_dir)]) == 0
+    assert capsys.readouterr().out.splitlines()[-2].startswith("CLEAN: ")

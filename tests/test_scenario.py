@@ -143,3 +143,24 @@ def test_cli_subprocess_exit_code(tmp_path):
     assert proc.returncode == 2
     assert "database.schema" in proc.stderr and "hermes, minimal" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_cell_labels_say_what_varies():
+    scenario = scenario_from_dict({"matrix": {"checkpoint.mode": ["PASSIVE"], "workers.writer.count": [3],
+                                              "database.foreign_keys": [False]}})
+    assert expand_matrix(scenario)[0].label == "mode=PASSIVE writer.count=3 foreign_keys=false"
+
+
+def test_unknown_worker_role_is_named():
+    with pytest.raises(ScenarioError, match="unknown worker role 'writr'; did you mean 'writer'"):
+        apply_overrides(scenario_from_dict({}), ["workers.writr.count=3"])
+
+
+def test_cli_version_and_usage_errors(capsys):
+    with pytest.raises(SystemExit) as info:
+        cli_main(["--version"])
+    assert info.value.code == 0 and capsys.readouterr().out.startswith("walstress ")
+    assert cli_main([]) == 2
+    assert capsys.readouterr().err == "walstress: the following arguments are required: command (see 'walstress --help')\n"
+    assert cli_main(["run"]) == 2
+    assert "run: the following arguments are required: scenario" in capsys.readouterr().err

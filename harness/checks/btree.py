@@ -3,7 +3,8 @@
 Used to say *which* b-tree a page belongs to when ``PRAGMA integrity_check``
 names a bare page number. It is only ever pointed at a private copy of a
 database: it opens the file with plain file calls, which on POSIX would drop
-SQLite's locks if this process also had the live file open (see FACTS.md).
+SQLite's locks if this process also had the live file open (closing any
+descriptor of a file drops every POSIX lock the process holds on it).
 
 Nothing here raises on a damaged file. A problem found while walking (a
 garbage page type, an out-of-range child, a loop) is recorded as a message and

@@ -186,7 +186,8 @@ def lost_section(page: P.Page, result: dict[str, Any], run_dir: Path, *, level: 
         page.p(f"None: all {writes.get('acked', 0)} acknowledged rows are present"
                + (f"; {writes.get('indeterminate')} indeterminate." if writes.get("indeterminate") else "."))
         return
-    page.p(f"{len(ids)} acknowledged row id(s) are missing from the database"
+    page.p(f"{len(ids)} acknowledged row(s) are not in the state the last acknowledged commit left them "
+           f"(missing, stale content, or deleted and back)"
            + (f"; the first {P.LOST_IDS_SHOWN} are listed, all in `checks/lost_ids.txt`" if len(ids) > P.LOST_IDS_SHOWN else "")
            + ".")
     page.code(" ".join(str(i) for i in ids[:P.LOST_IDS_SHOWN]))

@@ -268,7 +268,7 @@ COMPARISON_METRICS = (
     ("checkpoint_s", "checkpoint time (s)", 1),
     ("stall_s", f"write stall time (s; no commit for > {D.STALL_GAP_S:g} s)", 1),
     ("corrupt", "corrupt runs (k of N)", 1),
-    ("lost", "runs with lost writes (k of N)", 1),
+    ("lost", "runs judged lost-writes (k of N)", 1),
 )
 
 
