@@ -91,7 +91,7 @@ def judge_run(run_dir: str | Path) -> dict[str, Any]:
     else:
         check_error = check_error or "the run left no database to check"
 
-    writers_expected = any(w["role"] == "writer" for w in workers)
+    writers_expected = any(w["role"] in ("writer", "wal-reset-race") for w in workers)
     verdict, reason = decide(integrity=integrity_dict, ledger=ledger_dict, summary=summary,
                              worker_problems=problems, writers_expected=writers_expected and not partial,
                              check_error=check_error)

@@ -598,6 +598,11 @@ def validate(scenario: Scenario) -> None:
             raise ScenarioError(src, "workers.wal-reset-race.threads", "must be 1 (the role runs its own racing thread)")
         if w.role == "wal-reset-race" and (scenario.checkpoint.mode == "NONE" or scenario.database.journal_mode != "WAL"):
             raise ScenarioError(src, "checkpoint.mode", 'the wal-reset-race role needs WAL and a checkpoint mode other than "NONE"')
+        if w.role == "wal-reset-race" and (w.count != 1 or any(o.role in ("writer", "opener") for o in active)):
+            # its canaries update any template row: a second writer of the same rows would make
+            # the ledger's expected state ambiguous
+            raise ScenarioError(src, "workers.wal-reset-race.count", "must be 1, and the role cannot share a "
+                                "scenario with writer or opener workers")
     if scenario.checkpoint.mode == "NONE" and scenario.workers_of("checkpointer"):
         raise ScenarioError(src, "checkpoint.mode", 'is "NONE" but the scenario has checkpointer workers')
     if scenario.database.journal_mode != "WAL" and scenario.checkpoint.mode != "NONE" and (

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 
@@ -20,6 +21,8 @@ def decide(*, integrity: dict | None, ledger: dict | None, summary: dict[str, An
     if integrity is not None:
         fts_bad = {name: text for name, text in (integrity.get("fts") or {}).items() if text != "ok"}
         if integrity.get("open_error") and not integrity.get("damaged_objects"):
+            if _is_lock_error(integrity["open_error"]):  # another process still holds it: says nothing
+                return "errors", f"the final database could not be checked: {integrity['open_error']}"
             return "corrupt", f"the final database cannot be checked: {integrity['open_error']}"
         if not integrity.get("ok", False) or fts_bad:
             objects = integrity.get("damaged_objects") or sorted(fts_bad)
@@ -38,6 +41,8 @@ def decide(*, integrity: dict | None, ledger: dict | None, summary: dict[str, An
         return "corrupt", f"SQLite reported corruption {corrupt_during} time(s) during the run: {example[:120]}"
     if ledger is not None:
         if ledger.get("error"):
+            if _is_lock_error(ledger["error"]):
+                return "errors", f"acknowledged rows could not be read back: {ledger['error']}"
             return "corrupt", f"acknowledged rows could not be read back: {ledger['error']}"
         lost = int(ledger.get("lost", 0))
         if lost:
@@ -52,6 +57,11 @@ def decide(*, integrity: dict | None, ledger: dict | None, summary: dict[str, An
         return "errors", "no write was acknowledged during the run"
     acked = ledger.get("acked_writes", 0) if ledger else 0
     return "clean", f"integrity ok, {acked} acknowledged rows all present"
+
+
+def _is_lock_error(text: str) -> bool:
+    """"database is locked" / "database table is locked" / busy: contention, not damage."""
+    return bool(re.search(r"\bis locked\b|\bbusy\b", text, re.I))
 
 
 def matches(expect: str, verdict: str) -> bool:

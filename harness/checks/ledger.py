@@ -1,7 +1,7 @@
 """Ledger check: every acknowledged change must be in the final database.
 
 The expected state of a row is given by the last transaction that touched it
-(in time order across all ledgers). Acknowledged inserts and updates must be
+(in commit order across all ledgers: the order of their P lines). Acknowledged inserts and updates must be
 present with the same content checksum; acknowledged deletes must stay
 deleted. Rows whose last transaction is indeterminate are not judged.
 """
@@ -48,12 +48,14 @@ class LedgerResult:
 
 def expected_states(ledger: Ledger) -> tuple[dict[int, tuple[str, int | None]], set[int]]:
     """row id -> (action, crc) from acknowledged changes; and the indeterminate ids."""
+    # Order by the P line: it is written while the writer holds SQLite's write lock (after
+    # BEGIN IMMEDIATE, before COMMIT), so P times follow commit order. The A line comes after
+    # the lock is released, and a preempted thread may write it after a later commit's A.
     events = []
     for txn in ledger.transactions:
         if txn.state == "failed":
             continue
-        when = txn.t_end if txn.state == "acked" and txn.t_end is not None else txn.t_prepare
-        events.append((when, txn))
+        events.append((txn.t_prepare, txn))
     events.sort(key=lambda e: e[0])
     expected: dict[int, tuple[str, int | None]] = {}
     indeterminate: set[int] = set()

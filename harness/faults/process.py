@@ -164,7 +164,7 @@ class KillFault(ScheduledFault):
         code = _kill_and_reap(ctx, worker)
         t_end = time.time()
         restart_at = None
-        if self.settings.restart and not self.stopping:
+        if self.settings.restart and not self.stopping and code is not None:  # never beside a live predecessor
             restart_at = t_end + self.settings.restart_delay_ms / 1000.0
             self.restarts.append((restart_at, worker))
         self.record(ctx, t=t, t_end=t_end, target=worker.name, action="kill", signal="SIGKILL", pid=pid,

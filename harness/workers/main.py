@@ -32,6 +32,7 @@ EXIT_VERSION_MISMATCH = 4
 EXIT_ORPHANED = 5
 _PR_SET_PDEATHSIG = 1
 _GRACE_SECONDS = 3.0
+_STOP_BUDGET_SECONDS = 8.0  # below the controller's grace before SIGKILL (controller.STOP_GRACE_SECONDS)
 
 
 def _die_with_parent() -> None:
@@ -45,14 +46,17 @@ def _die_with_parent() -> None:
 
 
 def _watch_parent(parent_pid: int, stop: threading.Event, done: threading.Event) -> None:
-    """Stop when the parent is gone; force the exit if the loop does not end."""
-    while not stop.is_set():
+    """Stop when the parent is gone, and force the exit if the threads do not end in time.
+
+    A stop asked by a living controller (SIGTERM) is not forced here: the controller
+    waits for the worker and escalates to SIGKILL itself after its own grace period.
+    """
+    while not done.wait(0.2):
         if os.getppid() != parent_pid:
             stop.set()
-            break
-        stop.wait(0.2)
-    if not done.wait(_GRACE_SECONDS):
-        os._exit(EXIT_ORPHANED if os.getppid() != parent_pid else EXIT_CRASH)
+            if not done.wait(_GRACE_SECONDS):
+                os._exit(EXIT_ORPHANED)
+            return
 
 
 def main(spec_path: str) -> int:
@@ -149,13 +153,17 @@ def main(spec_path: str) -> int:
         for thread in threads:
             thread.join(timeout=0.1)
         if stop.is_set():
+            deadline = time.monotonic() + _STOP_BUDGET_SECONDS
             for thread in threads:
-                thread.join(timeout=_GRACE_SECONDS)
+                thread.join(timeout=max(0.0, deadline - time.monotonic()))
             break
-    history.record({"type": "worker_stop", "worker": name, "t": time.time(), "failures": failures})
-    hooks.close()
+    stuck = [t.name for t in threads if t.is_alive()]
+    history.record({"type": "worker_stop", "worker": name, "t": time.time(), "failures": failures,
+                    "stuck_threads": stuck})
+    if not stuck:  # a thread still inside a transaction keeps its ledger and connection
+        hooks.close()
+        ctx.close()
     history.close()
-    ctx.close()
     done.set()
     return EXIT_CRASH if failures else EXIT_OK
 

@@ -55,7 +55,7 @@ def roll_back_failed(conn: Connection, ledger: LedgerWriter, txn: int | None) ->
     an unclear way stays indeterminate."""
     still_open = conn.in_transaction
     conn.rollback_quietly()
-    if txn is not None and still_open:
+    if txn is not None and still_open and not conn.in_transaction:
         ledger.fail(txn)
 
 
@@ -299,9 +299,10 @@ class WriterMixin:
         t0, m0 = time.time(), time.perf_counter()
         busy_retries = 0
         while True:
-            conn = self.acquire()
+            conn: Connection | None = None
             txn = None
             try:
+                conn = self.acquire()  # per-op: opening (and its PRAGMAs) can fail busy or corrupt too
                 conn.execute("BEGIN IMMEDIATE")
                 ops, commit_local = body(conn)
                 txn = self.ledger.prepare(ops) if ops else None
@@ -309,7 +310,8 @@ class WriterMixin:
             except Exception as exc:
                 if not is_sqlite_error(exc):
                     raise
-                roll_back_failed(conn, self.ledger, txn)
+                if conn is not None:  # else the open itself failed: nothing to roll back or close
+                    roll_back_failed(conn, self.ledger, txn)
                 cls = classify_error(exc)
                 if txn is None and cls in ("busy", "locked") and busy_retries < retries and not self.ctx.stop.is_set():
                     busy_retries += 1
