@@ -45,7 +45,8 @@ def load_scenario(source: str | Path | dict, overrides: list[str] | None = None)
 
 def run(scenario: Scenario | str | Path | dict, out_dir: str | Path | None = None, *,
         overrides: list[str] | None = None, repeat: int | None = None, duration: float | None = None,
-        cache_dir: str | Path | None = None, console: Any = None) -> Result:
+        cache_dir: str | Path | None = None, console: Any = None,
+        shard: tuple[int, int] | None = None) -> Result:
     """Run every cell of a scenario; returns the parsed results.json."""
     from harness.matrix import run_scenario
 
@@ -55,5 +56,6 @@ def run(scenario: Scenario | str | Path | dict, out_dir: str | Path | None = Non
         apply_overrides(scenario, overrides)
     if out_dir is None:
         out_dir = Path("reports") / f"{scenario.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    data = run_scenario(scenario, out_dir, repeat=repeat, duration=duration, cache_dir=cache_dir, console=console)
+    data = run_scenario(scenario, out_dir, repeat=repeat, duration=duration, cache_dir=cache_dir, console=console,
+                        shard=shard)
     return Result(data=data, path=Path(out_dir) / "results.json")

@@ -103,19 +103,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
         raise UsageError("--repeat must be at least 1")
     out = Path(args.out) if args.out else Path("reports") / f"{scenario.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     console = Console(sys.stderr, quiet=args.quiet)
+    shard = None
     if args.shard:
-        from harness.api import Result
-        from harness.matrix import parse_shard, run_scenario
+        from harness.matrix import parse_shard
 
         try:
             shard = parse_shard(args.shard)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
-        data = run_scenario(scenario, out, repeat=args.repeat, duration=duration, cache_dir=args.cache_dir,
-                            console=console, shard=shard)
-        result = Result(data=data, path=Path(out) / "results.json")
-    else:
-        result = run(scenario, out, repeat=args.repeat, duration=duration, cache_dir=args.cache_dir, console=console)
+    result = run(scenario, out, repeat=args.repeat, duration=duration, cache_dir=args.cache_dir, console=console,
+                 shard=shard)
     _after_run(result.data, out)
     if args.json:
         print(json.dumps(result.data, indent=1, default=str))

@@ -60,6 +60,8 @@ class RunContext:
     workers: list[WorkerProcess] = field(default_factory=list)
     t_go: float = 0.0
     sampler: Sampler | None = None
+    duration: float = 0.0        # this run's length (--duration may override the scenario's)
+    faults: Any = None           # the run's FaultPlan, or None
 
     def live_pids(self) -> dict[str, int]:
         return {w.name: w.popen.pid for w in self.workers if w.popen is not None and w.popen.poll() is None}
@@ -106,7 +108,7 @@ def write_worker_specs(ctx: RunContext, facts: dict[str, Any], seed: int, sqlite
     base = 0
     for name, spec in named:
         entry = {
-            "name": name, "role": spec.role, "seed": seed, "database_seed": scenario.database.seed,
+            "name": name, "role": spec.role, "seed": seed, "duration": ctx.duration, "database_seed": scenario.database.seed,
             "parent_pid": os.getpid(), "db_path": str(ctx.db_path),
             "history_path": str(run_dir / "history" / f"{name}.jsonl"),
             "ledger_dir": str(run_dir / "ledger"),
@@ -228,7 +230,8 @@ def execute_run(scenario: Scenario, run_dir: Path, template: Path, *, seed: int,
         {"scenario": scenario_to_jsonable(scenario), "seed": seed, "duration": duration}, indent=1, default=str))
     db_path = run_dir / "db" / DB_NAME
     history = HistoryWriter(run_dir / "history" / "controller.jsonl", flush_records=1, flush_seconds=0)
-    ctx = RunContext(scenario=scenario, run_dir=run_dir, db_path=db_path, history=history)
+    ctx = RunContext(scenario=scenario, run_dir=run_dir, db_path=db_path, history=history, duration=duration,
+                     faults=faults)
     history.record({"type": "run_start", "t": time.time(), "pid": os.getpid(), "seed": seed, "duration": duration})
     facts = prepare_database(template, db_path, scenario)
     history.record({"type": "note", "t": time.time(), "msg": "database prepared", **{k: v for k, v in facts.items() if k != "session_ids"}})

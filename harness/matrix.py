@@ -75,11 +75,16 @@ def cell_summary(cell: Cell, runs: list[dict[str, Any]]) -> dict[str, Any]:
                           cell.scenario.expect_fraction, runs)
 
 
+def cell_matches(expect: str, expect_fraction: float, runs: list[dict[str, Any]]) -> tuple[int, bool]:
+    """(runs whose verdict matches expect, whether enough do): at least expect_fraction of them."""
+    matching = sum(1 for r in runs if matches(expect, r["verdict"]))
+    return matching, bool(runs) and matching >= expect_fraction * len(runs) - 1e-9
+
+
 def summarize_cell(cell_id: str, label: str, params: dict[str, Any], expect: str, expect_fraction: float,
                    runs: list[dict[str, Any]]) -> dict[str, Any]:
     counts = {v: sum(1 for r in runs if r["verdict"] == v) for v in ("clean", "corrupt", "lost-writes", "errors")}
-    matching = sum(1 for r in runs if matches(expect, r["verdict"]))
-    needed = expect_fraction * len(runs)
+    matching, matched = cell_matches(expect, expect_fraction, runs)
     first_failure = None
     elapsed = 0.0
     for run in runs:
@@ -101,7 +106,7 @@ def summarize_cell(cell_id: str, label: str, params: dict[str, Any], expect: str
         "lost": counts["lost-writes"],
         "errors": counts["errors"],
         "matching": matching,
-        "matches_expect": bool(runs) and matching >= needed - 1e-9,
+        "matches_expect": matched,
         "time_to_first_failure_s": first_failure,
         "wal_peak_bytes": max((r.get("wal_peak_bytes", 0) for r in runs), default=0),
         "results": runs,
@@ -199,7 +204,8 @@ def _write_results(results: dict[str, Any], path: Path, started: float, *, keep_
     if not (keep_times and results.get("finished_at")):
         results["finished_at"] = time.time()
         results["elapsed_s"] = round(results["finished_at"] - started, 3)
-    results["ok"] = all(c["matches_expect"] for c in results["cells"]) and bool(results["cells"])
+    results["ok"] = (all(c["matches_expect"] for c in results["cells"]) and bool(results["cells"])
+                     and not results.get("missing_cells"))
     results["totals"] = {
         "cells": len(results["cells"]),
         "runs": sum(c["runs"] for c in results["cells"]),
@@ -340,12 +346,8 @@ def merge_results(sources: list[str | Path], out_dir: str | Path) -> dict[str, A
             link.unlink()
         if not link.exists():
             link.symlink_to(target, target_is_directory=True)
-    _write_results(merged, out_dir / "results.json", merged["started_at"])
+    merged["finished_at"] = max((d.get("finished_at") or 0.0) for _, d in loaded) or time.time()
     merged["elapsed_s"] = max((s["elapsed_s"] or 0.0) for s in shards)
     merged["elapsed_note"] = "elapsed_s of the slowest shard (shards may run in parallel)"
-    if missing:
-        merged["ok"] = False
-    tmp = out_dir / "results.json.tmp"
-    tmp.write_text(json.dumps(merged, indent=1, default=str))
-    os.replace(tmp, out_dir / "results.json")
+    _write_results(merged, out_dir / "results.json", merged["started_at"], keep_times=True)
     return merged

@@ -191,11 +191,9 @@ def _run_scenario(config: pytest.Config, source: Any, overrides: list[str], out_
 def _matches(cell: dict[str, Any], expect: str | None) -> bool:
     if expect is None:
         return bool(cell["matches_expect"])
-    from harness.verdict import matches
+    from harness.matrix import cell_matches
 
-    runs = cell["results"]
-    matching = sum(1 for run in runs if matches(expect, run["verdict"]))
-    return bool(runs) and matching >= cell.get("expect_fraction", 1.0) * len(runs) - 1e-9
+    return cell_matches(expect, cell.get("expect_fraction", 1.0), cell["results"])[1]
 
 
 def mismatch_message(result: Result, expect: str | None = None) -> str | None:

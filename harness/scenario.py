@@ -423,7 +423,7 @@ def apply_setting(scenario: Scenario, key: str, value: Any, *, source: str, from
             hint = f"; did you mean '{close[0]}'?" if close else ""
             raise ScenarioError(source, key, f"unknown worker role '{role}'{hint} (roles: {', '.join(ROLES)})")
         f = _WORKER_FIELDS.get(name)
-        if role in ROLES and f is not None and name != "role":
+        if f is not None and name != "role":
             entries = [w for w in scenario.workers if w.role == role]
             if not entries:
                 if name == "count" and not from_text and value == 0:

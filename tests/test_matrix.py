@@ -113,6 +113,8 @@ def test_report_rejudges_a_merged_folder(sharded, report_calls):
     assert cli.main(["report", str(root / "merged")]) == 0
     again = load_results(root / "merged")
     assert [c["cell_id"] for c in again["cells"]] == ["cell-000", "cell-001", "cell-002"]
+    assert again["rejudged_at"] >= again["finished_at"]
+    assert [r["verdict"] for c in again["cells"] for r in c["results"]] == ["clean"] * 3
 
 
 def test_merge_refuses_overlaps_and_other_scenarios(sharded, tmp_path):

@@ -55,14 +55,10 @@ class FaultSettings:
         return {}
 
 
-SECTION_CLASSES: dict[str, type] = {}
-
-
 def register(name: str) -> Callable[[type], type]:
     def wrap(cls: type) -> type:
         if not dataclasses.is_dataclass(cls):
             raise TypeError(f"fault section {name} must be a dataclass")
-        SECTION_CLASSES[name] = cls
         register_fault_section(name, cls)
         return cls
 

@@ -27,6 +27,7 @@ for a sync; this section says what an asked-for sync does.
 from __future__ import annotations
 
 import ctypes.util
+import functools
 import os
 import time
 from dataclasses import dataclass
@@ -44,6 +45,7 @@ _EATMYDATA_CANDIDATES = (
 )
 
 
+@functools.lru_cache(maxsize=1)
 def find_eatmydata() -> str | None:
     """Path of libeatmydata, or None when it is not installed."""
     env = os.environ.get("WALSTRESS_EATMYDATA")

@@ -47,7 +47,6 @@ from harness.faults.schedule import (
     check_roles,
     check_schedule,
     parse_names,
-    run_duration_from_spec,
     schedule_times,
     wait_for_go,
 )
@@ -339,7 +338,7 @@ class WalUnlinkSettings(FaultSettings):
             t_go = wait_for_go(spec, local)
             if t_go is None:
                 return
-            duration = run_duration_from_spec(spec) or 3600.0
+            duration = float(spec.get("duration") or 3600.0)
             rng = random.Random(f"{spec['seed']}:{spec['name']}:wal_unlink")
             for n, offset in enumerate(schedule_times(settings.at, settings.every_ms, settings.random_count,
                                                       duration, rng)):

@@ -146,7 +146,7 @@ def merge_undo_logs(folder: Path) -> dict[str, FilePlan]:
     """Per file: the changes after its last sync, its synced size, its last sync time."""
     records: list[UndoRecord] = []
     logs = sorted(folder.glob("*.undo")) if folder.is_dir() else []
-    for index, path in enumerate(logs):
+    for path in logs:
         records.extend(read_undo_log(path))
     records.sort(key=lambda r: (r.ns, r.source, r.seq))
     plans: dict[str, FilePlan] = {}
@@ -275,7 +275,6 @@ class PowerLossFault(Fault):
         self.cut_at = at if at is not None else self.rng.uniform(0.3, 0.8) * duration
         # a cut waiting for a checkpoint that never comes happens shortly before the end
         self.fallback_at = max(self.cut_at, duration - 0.3)
-        self.duration = duration
 
     def tick(self, ctx: Any) -> None:
         if self.done or not ctx.t_go:
@@ -289,7 +288,6 @@ class PowerLossFault(Fault):
         if not self.armed and offset >= self.cut_at:
             (control / ARMED_FILE).touch()
             self.armed = True
-            self.armed_t = time.time()
         if self.armed and (control / REQUEST_FILE).exists():
             self.cut(ctx, "during a checkpoint")
         elif offset >= self.fallback_at:
@@ -384,7 +382,8 @@ def judge_io_faults(run_dir: Path, records: list, ledger: Optional[dict], scenar
     lost_ids = _all_lost_ids(run_dir, ledger)
     ack_times = _ack_times(run_dir / "ledger")
     after = [i for i in lost_ids if last_sync is None or ack_times.get(i, float("inf")) >= last_sync]
-    synced = [i for i in lost_ids if i not in set(after)]
+    after_set = set(after)
+    synced = [i for i in lost_ids if i not in after_set]
     info.update(lost=len(lost_ids), lost_after_last_sync=len(after), lost_although_synced=len(synced),
                 lost_although_synced_ids=synced[:100])
     info["acked_after_last_sync"] = sum(1 for t in ack_times.values() if last_sync is None or t >= last_sync)
@@ -422,11 +421,4 @@ def _ack_times(ledger_dir: Path) -> dict[int, float]:
     return out
 
 
-def power_loss_files(run_dir: Path) -> list:
-    """The undo logs of a run (for reports and tests)."""
-    folder = Path(run_dir) / UNDO_DIR
-    return sorted(folder.glob("*.undo")) if folder.is_dir() else []
-
-
-__all__ = ["PowerLossSettings", "PowerLossFault", "merge_undo_logs", "roll_back", "judge_io_faults",
-           "power_loss_files"]
+__all__ = ["PowerLossSettings", "PowerLossFault", "merge_undo_logs", "roll_back", "judge_io_faults"]

@@ -31,7 +31,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from harness.faults.base import Fault, FaultSettings, register, setting
 from harness.faults.schedule import ScheduledFault, check_schedule, check_target, live_candidates
@@ -40,9 +40,27 @@ _REAP_TIMEOUT_S = 10.0
 _SEED_STEP = 7919  # a restarted incarnation draws other random streams than the one it replaces
 
 
+class _TargetedSchedule(FaultSettings):
+    """Kill and pause: a target worker or role, hit on a schedule; both checked alike."""
+
+    section: ClassVar[str] = ""
+    if TYPE_CHECKING:  # the subclasses' fields (declared there, to keep each section's key order)
+        enabled: bool
+        target: str
+        at: str
+        every_ms: int
+        random_count: int
+
+    def validate(self, scenario: Any) -> None:
+        if self.enabled:
+            check_schedule(self.section, self.at, self.every_ms, self.random_count)
+            check_target(self.section, scenario, self.target)
+
+
 @register("kill")
 @dataclass
-class KillSettings(FaultSettings):
+class KillSettings(_TargetedSchedule):
+    section: ClassVar[str] = "kill"
     enabled: bool = setting(False, doc="SIGKILL a worker at the scheduled times")
     target: str = setting("writer", doc='a role, a worker name ("writer-1") or "any"')
     at: str = setting("", doc='times after go, e.g. "2, 5.5s"')
@@ -51,29 +69,20 @@ class KillSettings(FaultSettings):
     restart: bool = setting(False, doc="start a new process for the killed worker")
     restart_delay_ms: int = setting(500, min=0, max=3_600_000, kind="ms", doc="wait before the restart")
 
-    def validate(self, scenario: Any) -> None:
-        if self.enabled:
-            check_schedule("kill", self.at, self.every_ms, self.random_count)
-            check_target("kill", scenario, self.target)
-
     def build(self, scenario: Any, seed: int) -> Fault | None:
         return KillFault(self, seed) if self.enabled else None
 
 
 @register("pause")
 @dataclass
-class PauseSettings(FaultSettings):
+class PauseSettings(_TargetedSchedule):
+    section: ClassVar[str] = "pause"
     enabled: bool = setting(False, doc="SIGSTOP a worker for duration_ms, then SIGCONT")
     target: str = setting("reader", doc='a role, a worker name ("reader-0") or "any"')
     at: str = setting("", doc='times after go, e.g. "2, 5.5s"')
     every_ms: int = setting(0, min=0, max=86_400_000, kind="ms", doc="pause every interval (0: off)")
     random_count: int = setting(0, min=0, max=10_000, doc="pause this many times at seeded random times")
     duration_ms: int = setting(1000, min=1, max=86_400_000, kind="ms", doc="how long a worker stays frozen")
-
-    def validate(self, scenario: Any) -> None:
-        if self.enabled:
-            check_schedule("pause", self.at, self.every_ms, self.random_count)
-            check_target("pause", scenario, self.target)
 
     def build(self, scenario: Any, seed: int) -> Fault | None:
         return PauseFault(self, seed) if self.enabled else None
@@ -192,9 +201,7 @@ class KillFault(ScheduledFault):
         spec_path.write_text(json.dumps(spec, indent=1))
         worker = WorkerProcess(name=old.name, role=old.role, spec_path=spec_path,
                                log_path=run_dir / "logs" / f"{stem}.log")
-        env: dict[str, str] = {}
-        for section in ctx.scenario.faults.values():
-            env.update(section.worker_env(old.name, old.role))
+        env = ctx.faults.worker_env(old.name, old.role) if ctx.faults is not None else {}
         t = time.time()
         start_worker(ctx, worker, list(spec.get("sqlite_paths") or []), env)
         ctx.workers.append(worker)

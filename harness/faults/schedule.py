@@ -22,7 +22,6 @@ record per second with the count of actions by outcome.
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from pathlib import Path
@@ -103,20 +102,7 @@ def schedule_times(at: str, every_ms: int, random_count: int, duration: float, r
 
 def run_duration(ctx: Any) -> float:
     """The length of the run in flight (``--duration`` may override the scenario's)."""
-    try:
-        meta = json.loads((Path(ctx.run_dir) / "scenario.json").read_text())
-        return float(meta.get("duration") or ctx.scenario.duration)
-    except (OSError, ValueError):
-        return float(ctx.scenario.duration)
-
-
-def run_duration_from_spec(spec: dict) -> float | None:
-    """The same, seen from a worker: the run dir is the parent of its control folder."""
-    try:
-        run_dir = Path(spec["go_path"]).parent.parent
-        return float(json.loads((run_dir / "scenario.json").read_text())["duration"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+    return float(ctx.duration or ctx.scenario.duration)
 
 
 class ScheduledFault(Fault):

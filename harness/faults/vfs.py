@@ -68,9 +68,6 @@ STAMP_SLOTS = 512  # shared "a sync of this file began at" stamps, 8 bytes each
 _OPEN_MAIN_DB = 0x00000100
 _OPEN_WAL = 0x00080000
 
-_RUN_SUBDIR_UNDO = "power"
-
-
 def run_dir_of(spec: dict) -> Path:
     """A worker's run dir: the parent of its control folder."""
     return Path(spec["go_path"]).parent.parent
@@ -325,6 +322,9 @@ class ShimState:
         return out
 
 
+_ARM_LOOK_SECONDS = 0.05
+
+
 class CheckpointCut:
     """Power cut "during a checkpoint": in WAL mode only a checkpoint writes the main db file.
 
@@ -344,12 +344,17 @@ class CheckpointCut:
         self.count = 0
         self.done = False
         self._lock = threading.Lock()
+        self._next_look = 0.0  # monotonic time of the next look for the arming file
 
     def after_db_write(self, offset: int) -> None:
         if self.done:
             return
         with self._lock:
             if not self.armed:
+                now = time.monotonic()
+                if now < self._next_look:  # a stat per page write would slow every checkpoint
+                    return
+                self._next_look = now + _ARM_LOOK_SECONDS
                 self.armed = os.path.exists(self.armed_path)
                 if not self.armed:
                     return

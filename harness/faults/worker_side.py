@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from harness.faults.base import SECTION_CLASSES
+from harness.scenario import FAULT_SECTIONS
 
 
 class WorkerHooks:
@@ -42,7 +42,7 @@ def worker_hooks(spec: dict) -> WorkerHooks:
 
     sections = {}
     for name, values in (spec.get("faults") or {}).items():
-        cls = SECTION_CLASSES.get(name)
+        cls = FAULT_SECTIONS.get(name)
         if cls is None:
             raise RuntimeError(f"unknown fault section {name!r} in the worker spec")
         sections[name] = cls(**values)

@@ -84,11 +84,10 @@ def run_sections(page: P.Page, result: dict[str, Any], run: D.RunData, figs: dic
     ])
     h = level
     if with_context:
-        scenario = _scenario_of(run.run_dir)
-        page.h(h, "Scenario")
         meta = _load_json(run.run_dir / "scenario.json") or {}
+        page.h(h, "Scenario")
         page.p(f"Seed {meta.get('seed', result.get('seed', '-'))}, run dir `{run.run_dir}`.")
-        page.code(P.scenario_lines(scenario))
+        page.code(P.scenario_lines(meta.get("scenario", {})))
         sqlite_section(page, result, run, level=h)
     page.h(h, "Figures")
     captions = {"sizes.png": "WAL and database size; checkpoints marked by mode and outcome; faults shaded",
@@ -317,7 +316,7 @@ def build_folder_report(out_dir: Path, results: dict[str, Any]) -> list[Path]:
             rel = run_dir.relative_to(out_dir) if run_dir.is_relative_to(out_dir) else run_dir
             page.h(2, f"{run_dir.name}: {str(result.get('verdict', '?')).upper()}")
             page.p(f"Full report: `{rel}/report.md` (or `report.html`).")
-            if str(run_dir) in shown:
+            if (cell["cell_id"], index) in shown:
                 run_sections(page, result, runs_by_cell[cell["cell_id"]][index], figs_by_run[str(run_dir)],
                              level=3, with_context=False)
             else:
@@ -334,12 +333,14 @@ def _verdicts(cell: dict[str, Any]) -> str:
     return ", ".join(parts) or "none"
 
 
-def _runs_to_show(cells: list[dict[str, Any]]) -> set[str]:
-    """Runs whose figures the folder page shows inline: failures first, then each cell's first run."""
-    failing = [r["run_dir"] for c in cells for r in c.get("results", []) if r.get("verdict") != "clean"]
-    firsts = [c["results"][0]["run_dir"] for c in cells if c.get("results")]
-    chosen: list[str] = []
-    for run_dir in failing + firsts:
-        if run_dir not in chosen and len(chosen) < OVERVIEW_RUNS_WITH_FIGURES:
-            chosen.append(run_dir)
-    return {str(Path(r)) for r in chosen}
+def _runs_to_show(cells: list[dict[str, Any]]) -> set[tuple[str, int]]:
+    """(cell id, run index) of the runs whose figures the folder page shows inline: failures first,
+    then each cell's first run. Keyed by position, so a moved output folder still matches."""
+    failing = [(c["cell_id"], i) for c in cells for i, r in enumerate(c.get("results", []))
+               if r.get("verdict") != "clean"]
+    firsts = [(c["cell_id"], 0) for c in cells if c.get("results")]
+    chosen: list[tuple[str, int]] = []
+    for key in failing + firsts:
+        if key not in chosen and len(chosen) < OVERVIEW_RUNS_WITH_FIGURES:
+            chosen.append(key)
+    return set(chosen)

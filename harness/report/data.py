@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from harness.history import read_history
+from harness.metrics import percentile
 
 KINDS = ("write", "read", "checkpoint", "open")
 CHECKPOINT_OUTCOMES = ("complete", "partial", "busy")
@@ -227,13 +228,14 @@ def latency_buckets(ops: KindOps, width_s: float) -> dict[str, np.ndarray]:
     starts = np.flatnonzero(np.r_[True, np.diff(sorted_index) != 0])
     ends = np.r_[starts[1:], sorted_index.size]
     for s, e in zip(starts, ends):
-        values = np.sort(sorted_ms[s:e])
-        n = values.size
+        ordered = np.sort(sorted_ms[s:e]).tolist()
+        n = len(ordered)
         mids.append((sorted_index[s] + 0.5) * width_s)
         counts.append(n)
         for q, out in ((50, p50), (95, p95), (99, p99)):
-            rank = max(1, math.ceil(q / 100.0 * n))
-            out.append(values[min(rank, n) - 1])
+            value = percentile(ordered, q)
+            assert value is not None  # a bucket holds at least one operation
+            out.append(value)
     return {"t": np.asarray(mids), "count": np.asarray(counts, dtype=float), "p50": np.asarray(p50),
             "p95": np.asarray(p95), "p99": np.asarray(p99)}
 

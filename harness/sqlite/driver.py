@@ -98,7 +98,7 @@ class Connection:
             import apsw
 
             flags = apsw.SQLITE_OPEN_READONLY if readonly else apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
-            self._conn = apsw.Connection(self.path, flags=flags, vfs=vfs) if vfs else apsw.Connection(self.path, flags=flags)
+            self._conn = apsw.Connection(self.path, flags=flags, vfs=vfs)
             self._apsw.setbusytimeout(int(busy_timeout_ms))
             self.sqlite_version = apsw.sqlite_lib_version()
         else:

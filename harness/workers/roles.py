@@ -342,6 +342,8 @@ class Writer(WriterMixin, Actor):
         base = int(self.spec["thread_partition_base"])
         self.init_writing((base + self.thread_index, int(self.spec["thread_partition_total"])))
         self.commits = 0
+        self.fts_every = int(self.checkpoint["fts_every_writes"])
+        self.fts_action = self.checkpoint["fts_maintenance"]
         weights = (self.options["insert_weight"], self.options["update_weight"], self.options["delete_weight"])
         self.choices = [name for name, w in zip(("insert", "update", "delete"), weights) for _ in range(w)]
 
@@ -361,10 +363,8 @@ class Writer(WriterMixin, Actor):
         every = self.checkpoint["every_writes"]
         if every and self.checkpoint["mode"] != "NONE" and self.commits % every == 0:
             self.run_checkpoint(conn, f"every {every} writes")
-        fts_every = int(self.checkpoint.get("fts_every_writes") or 0)
-        fts_action = self.checkpoint.get("fts_maintenance", "none")
-        if fts_action != "none" and fts_every and self.commits % fts_every == 0:
-            self.run_fts_maintenance(conn, fts_action)
+        if self.fts_action != "none" and self.commits % self.fts_every == 0:
+            self.run_fts_maintenance(conn, self.fts_action)
 
     def run_fts_maintenance(self, conn: Connection, action: str) -> None:
         """'optimize' or ('merge', N) on every FTS table, then maybe a checkpoint."""
