@@ -130,7 +130,7 @@ def lint(session: nox.Session) -> None:
     """ruff and mypy on harness/ (rules and settings in pyproject.toml)."""
     _install(session, "lint")
     session.run("ruff", "check", "harness", "noxfile.py")
-    session.run("mypy", "harness")
+    session.run("mypy")
 
 
 @nox.session
@@ -216,7 +216,7 @@ def sqlite(session: nox.Session, version: str) -> None:
 @nox.session
 def bench(session: nox.Session) -> None:
     """Throughput and latency of a full-size healthy run (PASSIVE and TRUNCATE) and the cost of the
-    harness's instrumentation (harness/bench.py: harness vs bare write loop), saved as bench.json."""
+    harness's instrumentation (walstress/bench.py: walstress vs bare write loop), saved as bench.json."""
     _install(session)
     scenarios, _given, args = _split_posargs(session, [SMOKE])
     root, args = _take_out("bench", args)
@@ -251,7 +251,7 @@ def bench(session: nox.Session) -> None:
         session.log(f"PASSIVE / TRUNCATE write throughput: {ratios['write_ops_passive_over_truncate']}")
     root.mkdir(parents=True, exist_ok=True)
     overhead = root / "overhead.json"
-    session.run("python", "-m", "harness.bench", "--out", str(overhead))
+    session.run("python", "-m", "walstress.bench", "--out", str(overhead))
     ratios["harness_over_bare"] = json.loads(overhead.read_text())["harness_over_bare"]
     session.log(f"harness / bare write loop: {ratios['harness_over_bare']}")
     (root / "bench.json").write_text(json.dumps({"runs": rows, "ratios": ratios}, indent=1) + "\n")

@@ -1,6 +1,6 @@
 """The overhead benchmark runs both loops on a real database and records every harness transaction."""
 
-from harness.bench import measure_overhead
+from walstress.bench import measure_overhead
 
 
 def test_overhead_benchmark_measures_both_loops(cache_dir):

@@ -1,4 +1,4 @@
-"""Tests of harness.checks: file walk, integrity naming, read-only diagnosis."""
+"""Tests of walstress.checks: file walk, integrity naming, read-only diagnosis."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.checks.btree import (
+from walstress.checks.btree import (
     FREELIST,
     btree_roots,
     btree_roots_from_file,
@@ -20,9 +20,9 @@ from harness.checks.btree import (
     read_header,
     walk_pages,
 )
-from harness.checks.cli_check import main_check
-from harness.checks.diagnose import check_database, format_check
-from harness.checks.integrity import name_message, objects_in_message, run_integrity
+from walstress.checks.cli_check import main_check
+from walstress.checks.diagnose import check_database, format_check
+from walstress.checks.integrity import name_message, objects_in_message, run_integrity
 
 PAGE_SIZE = 4096
 WORDS = ("alpha beta gamma delta sqlite wal frame page tree lock checkpoint "

@@ -1,4 +1,4 @@
-"""Tests of harness.database: schemas, corpus, template build and cache."""
+"""Tests of walstress.database: schemas, corpus, template build and cache."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.database import (
+from walstress.database import (
     SCHEMAS,
     Corpus,
     build_database,

@@ -1,4 +1,4 @@
-"""``harness.explain``: sentences from matrix counts, only as strong as the counts."""
+"""``walstress.explain``: sentences from matrix counts, only as strong as the counts."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import cli
-from harness.explain import explain, fisher_exact
+from walstress import cli
+from walstress.explain import explain, fisher_exact
 
 PROJECT = Path(__file__).resolve().parent.parent
 

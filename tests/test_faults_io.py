@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 
 from conftest import small_scenario
-from harness import run
-from harness.faults import fsync as fsync_fault
-from harness.faults import throttle
-from harness.faults.power_loss import merge_undo_logs, roll_back
-from harness.faults.vfs import UndoWriter
-from harness.history import read_records
+from walstress import run
+from walstress.faults import fsync as fsync_fault
+from walstress.faults import throttle
+from walstress.faults.power_loss import merge_undo_logs, roll_back
+from walstress.faults.vfs import UndoWriter
+from walstress.history import read_records
 
 ROOT = Path(__file__).resolve().parent.parent
 apsw = pytest.importorskip("apsw")
@@ -42,7 +42,7 @@ def fault_records(run_result: dict, name: str) -> tuple[list, list]:
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "harness", *args], capture_output=True, text=True, cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "walstress", *args], capture_output=True, text=True, cwd=ROOT,
                           timeout=120)
 
 
@@ -108,7 +108,7 @@ def test_slow_fsync_delays_each_sync(tmp_path, cache_dir):
 
 @pytest.mark.skipif(fsync_fault.find_eatmydata() is None, reason="libeatmydata is not installed")
 def test_noop_fsync_with_the_stdlib_driver_preloads_eatmydata():
-    from harness.scenario import scenario_from_dict
+    from walstress.scenario import scenario_from_dict
 
     scenario = scenario_from_dict(io_scenario(driver="stdlib", faults={"fsync": {"mode": "noop"}}))
     env = scenario.faults["fsync"].worker_env("writer-0", "writer")

@@ -15,11 +15,11 @@ from pathlib import Path
 import psutil
 import pytest
 
-from harness import run
-from harness.cli import main as cli_main
-from harness.history import read_history, read_records
-from harness.ledger import read_ledger
-from harness.scenario import expand_matrix, scenario_from_dict
+from walstress import run
+from walstress.cli import main as cli_main
+from walstress.history import read_history, read_records
+from walstress.ledger import read_ledger
+from walstress.scenario import expand_matrix, scenario_from_dict
 
 DURATION_S = 4.0
 
@@ -182,7 +182,7 @@ def test_invalid_fault_keys_exit_2_naming_the_key(tmp_path, capsys, body, key):
 def test_invalid_set_value_through_the_command_line(tmp_path):
     path = tmp_path / "ok.toml"
     path.write_text('duration = "1s"\n[[workers]]\nrole = "writer"\n')
-    proc = subprocess.run([sys.executable, "-m", "harness", "run", str(path), "--set", "faults.kill.restart_delay_ms=-5",
+    proc = subprocess.run([sys.executable, "-m", "walstress", "run", str(path), "--set", "faults.kill.restart_delay_ms=-5",
                            "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert "faults.kill.restart_delay_ms" in proc.stderr and "Traceback" not in proc.stderr

@@ -6,10 +6,10 @@ import sqlite3
 
 import pytest
 
-from harness.checks.ledger import check_ledger
-from harness.errors import ScenarioError
-from harness.ledger import content_crc
-from harness.scenario import scenario_from_dict
+from walstress.checks.ledger import check_ledger
+from walstress.errors import ScenarioError
+from walstress.ledger import content_crc
+from walstress.scenario import scenario_from_dict
 
 
 def make_db(path, rows):

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import run
-from harness.faults.lock_hazards import apsw_available
-from harness.history import read_history
+from walstress import run
+from walstress.faults.lock_hazards import apsw_available
+from walstress.history import read_history
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -139,7 +139,7 @@ def test_two_libraries_without_apsw_is_a_scenario_error(tmp_path):
     path = tmp_path / "two.toml"
     path.write_text('duration = "1s"\n[[workers]]\nrole = "writer"\n[faults.two_libraries]\nenabled = true\n')
     code = ("import sys; sys.modules['apsw'] = None\n"  # apsw made unimportable in this process only
-            "from harness.cli import main\n"
+            "from walstress.cli import main\n"
             f"sys.exit(main(['run', {str(path)!r}, '--out', {str(tmp_path / 'out')!r}]))\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert proc.returncode == 2

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import cli
-from harness.matrix import load_results, merge_results, parse_shard
+from walstress import cli
+from walstress.matrix import load_results, merge_results, parse_shard
 
 SCENARIO = """
 name = "shard-me"
@@ -98,7 +98,7 @@ def test_merged_shards_equal_the_unsharded_run(sharded):
     assert merged["totals"]["runs"] == whole["totals"]["runs"] == 3
     assert merged["ok"] is True and merged["missing_cells"] == []
     jsonschema = pytest.importorskip("jsonschema")
-    schema = Path(__file__).resolve().parent.parent / "harness" / "schema" / "results.schema.json"
+    schema = Path(__file__).resolve().parent.parent / "harness" / "walstress" / "schema" / "results.schema.json"
     jsonschema.validate(merged, json.loads(schema.read_text()))
     # merge called the report hook with the joined results and the merged folder
     results, out = codes["report_calls"][-1]
@@ -146,7 +146,7 @@ def test_bad_shard_argument_exits_2(tmp_path, capsys):
 
 
 def test_summary_counts_and_time_to_first_failure():
-    from harness.matrix import summarize_cell
+    from walstress.matrix import summarize_cell
 
     runs = [{"verdict": "clean", "duration_s": 2.0}, {"verdict": "lost-writes", "duration_s": 1.5},
             {"verdict": "corrupt", "duration_s": 3.0}, {"verdict": "errors", "duration_s": 1.0}]
@@ -158,7 +158,7 @@ def test_summary_counts_and_time_to_first_failure():
 
 def test_bisect_search_and_backport_note(tmp_path):
     """The search itself, with a runner standing in for the runs (verdict logic is tested elsewhere)."""
-    from harness.bisect import BACKPORT_NOTE, bisect_versions
+    from walstress.bisect import BACKPORT_NOTE, bisect_versions
 
     scenario = tmp_path / "s.toml"
     scenario.write_text(SCENARIO.split("[matrix]")[0])

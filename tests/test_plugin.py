@@ -1,4 +1,4 @@
-"""Tests of the pytest plugin (harness/pytest_plugin.py) and of the run command's machine output.
+"""Tests of the pytest plugin (harness/walstress/pytest_plugin.py) and of the run command's machine output.
 
 Every run here is real: worker processes on a real database, judged by the
 real checks. Runs are tiny (300 pages, 1.5-2 s) so the file stays fast.
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.pytest_plugin import template_cache_dir
-from harness.scenario import tomllib
+from walstress.pytest_plugin import template_cache_dir
+from walstress.scenario import tomllib
 
 pytest_plugins = ("pytester",)
 
@@ -92,7 +92,7 @@ def test_template_fixture_is_cached_and_real(walstress_template, tmp_path, reque
 
 
 def test_run_command_exit_code_json_and_results_path(tmp_path, shared_cache):
-    base = [sys.executable, "-m", "harness", "run", str(SCENARIOS / "tiny.toml"), "--duration", "1.5",
+    base = [sys.executable, "-m", "walstress", "run", str(SCENARIOS / "tiny.toml"), "--duration", "1.5",
             "--cache-dir", str(shared_cache)]
     # a healthy run where a corruption was expected: exit 1, JSON on stdout, the path on stderr
     # (exit 0 on a match is covered by the matrix tests)
@@ -158,7 +158,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.checks.btree import btree_roots_from_file, page_owners, read_header
+from walstress.checks.btree import btree_roots_from_file, page_owners, read_header
 
 
 def damage_messages(db: Path) -> int:

@@ -1,4 +1,4 @@
-"""Tests of harness.report and harness.console: figures checked through the data they plot.
+"""Tests of walstress.report and walstress.console: figures checked through the data they plot.
 
 A real two-cell matrix (PASSIVE vs TRUNCATE, minimal schema, 2.5 s per cell)
 runs once per module; figures are drawn from its histories and their artists
@@ -22,14 +22,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness.metrics import percentile
+from walstress.metrics import percentile
 
-from harness import run as run_scenario
-from harness.console import Console, summary_table
-from harness.history import HistoryWriter, by_type, read_history
-from harness.report import build_report
-from harness.report import data as D
-from harness.report import figures as F
+from walstress import run as run_scenario
+from walstress.console import Console, summary_table
+from walstress.history import HistoryWriter, by_type, read_history
+from walstress.report import build_report
+from walstress.report import data as D
+from walstress.report import figures as F
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 MIB = 1024 * 1024
@@ -341,13 +341,13 @@ def _alive(pid: int) -> bool:
 
 
 def test_report_of_a_killed_controller_is_partial(tmp_path):
-    from harness.cli import main
+    from walstress.cli import main
 
     scenario = tmp_path / "killed.toml"
     scenario.write_text(KILLED_TOML)
     out = tmp_path / "out"
     env = dict(os.environ, PYTHONPATH=str(PROJECT_ROOT))
-    controller = subprocess.Popen([sys.executable, "-m", "harness", "run", str(scenario), "--out", str(out),
+    controller = subprocess.Popen([sys.executable, "-m", "walstress", "run", str(scenario), "--out", str(out),
                                    "--quiet", "--cache-dir", str(tmp_path / "cache")],
                                   cwd=tmp_path, env=env, stdin=subprocess.DEVNULL,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -393,7 +393,7 @@ def test_report_of_a_killed_controller_is_partial(tmp_path):
 
 @pytest.mark.slow
 def test_figures_of_a_60_second_run_render_in_under_5_seconds(tmp_path):
-    from harness import load_scenario
+    from walstress import load_scenario
 
     scenario = load_scenario(PROJECT_ROOT / "scenarios" / "smoke.toml", ["duration=60s"])
     result = run_scenario(scenario, tmp_path / "out", cache_dir=tmp_path / "cache")

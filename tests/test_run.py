@@ -18,15 +18,15 @@ import psutil
 import pytest
 
 from conftest import small_scenario
-from harness import run
-from harness.checks.btree import btree_roots, page_owners
-from harness.checks.ledger import expected_states
-from harness.history import read_history, read_records
-from harness.judge import judge_run
-from harness.ledger import read_ledger
+from walstress import run
+from walstress.checks.btree import btree_roots, page_owners
+from walstress.checks.ledger import expected_states
+from walstress.history import read_history, read_records
+from walstress.judge import judge_run
+from walstress.ledger import read_ledger
 
 ROOT = Path(__file__).resolve().parent.parent
-SCHEMA = json.loads((ROOT / "harness" / "schema" / "results.schema.json").read_text())
+SCHEMA = json.loads((ROOT / "harness" / "walstress" / "schema" / "results.schema.json").read_text())
 
 
 def worker_pids(run_dir: Path) -> list[int]:
@@ -126,7 +126,7 @@ def test_a_damaged_btree_page_is_corrupt_and_named(clean_run, tmp_path):
 def start_controller(tmp_path: Path, args: list[str]) -> tuple[subprocess.Popen, Path]:
     """`walstress run ARGS` in a child process; returns once its workers are running."""
     out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-m", "harness", "run", *args, "--out", str(out),
+    proc = subprocess.Popen([sys.executable, "-m", "walstress", "run", *args, "--out", str(out),
                              "--cache-dir", str(tmp_path / "cache"), "--quiet"], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     run_dir = out / "cell-000" / "run-000"
@@ -176,7 +176,7 @@ def test_ctrl_c_stops_every_worker(tmp_path):
 
 
 def test_report_again_keeps_the_run_times_and_the_verdict(clean_run, capsys):
-    from harness.cli import main as cli_main
+    from walstress.cli import main as cli_main
 
     _, out = clean_run
     before = json.loads((out / "results.json").read_text())

@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from harness.cli import main as cli_main
-from harness.errors import ScenarioError
-from harness.scenario import (
+from walstress.cli import main as cli_main
+from walstress.errors import ScenarioError
+from walstress.scenario import (
     apply_overrides,
     expand_matrix,
     known_keys,
@@ -148,7 +148,7 @@ def test_cli_exits_2_with_one_line_and_no_traceback(tmp_path, capsys):
 
 def test_cli_subprocess_exit_code(tmp_path):
     path = write(tmp_path, '[database]\nschema = "postgres"\n')
-    proc = subprocess.run([sys.executable, "-m", "harness", "run", str(path)], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "walstress", "run", str(path)], capture_output=True, text=True,
                           cwd=ROOT, timeout=60)
     assert proc.returncode == 2
     assert "database.schema" in proc.stderr and "hermes, minimal" in proc.stderr

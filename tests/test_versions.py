@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from harness import cli, matrix
-from harness.api import load_scenario
-from harness.matrix import run_scenario
-from harness.sqlite.versions import apsw_releases, ensure_apsw, installed_version_dir, versions_between
+from walstress import cli, matrix
+from walstress.api import load_scenario
+from walstress.matrix import run_scenario
+from walstress.sqlite.versions import apsw_releases, ensure_apsw, installed_version_dir, versions_between
 
 PROJECT = Path(__file__).resolve().parent.parent
 TINY = {
@@ -65,7 +65,7 @@ def test_two_processes_installing_one_version_at_once(tmp_path, cache_dir):
     shared_list = cache_dir / "sqlite" / "apsw-versions.json"
     if shared_list.exists():
         (cache / "sqlite" / "apsw-versions.json").write_bytes(shared_list.read_bytes())
-    code = ("import sys; from harness.sqlite.versions import ensure_apsw; "
+    code = ("import sys; from walstress.sqlite.versions import ensure_apsw; "
             f"print(ensure_apsw('3.51.2', cache_dir={str(cache)!r}))")
     procs = [subprocess.Popen([sys.executable, "-c", code], cwd=PROJECT, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for _ in range(2)]
@@ -141,7 +141,7 @@ def test_wal_reset_race_loses_a_write_on_the_system_sqlite(cache_dir, tmp_path):
     """
     import sqlite3
 
-    from harness.sqlite.versions import parse_version
+    from walstress.sqlite.versions import parse_version
 
     version = parse_version(sqlite3.sqlite_version)
     if version >= (3, 51, 3) or version in ((3, 50, 7), (3, 44, 6)):

@@ -1,0 +1,5 @@
+import sys
+
+from walstress.cli import main
+
+sys.exit(main())

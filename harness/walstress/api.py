@@ -1,0 +1,61 @@
+"""The public API behind ``walstress/__init__.py``."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from walstress.scenario import Scenario, apply_overrides, load_scenario as _load_file, scenario_from_dict
+
+
+@dataclass
+class Result:
+    """The content of results.json, with the path it was written to."""
+
+    data: dict[str, Any]
+    path: Path
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.data.get("ok"))
+
+    @property
+    def cells(self) -> list[dict[str, Any]]:
+        return self.data["cells"]
+
+    @property
+    def runs(self) -> list[dict[str, Any]]:
+        return [run for cell in self.cells for run in cell["results"]]
+
+    @property
+    def verdicts(self) -> list[str]:
+        return [run["verdict"] for run in self.runs]
+
+
+def load_scenario(source: str | Path | dict, overrides: list[str] | None = None) -> Scenario:
+    """A scenario from a TOML file or a dict, with ``KEY=VALUE`` overrides applied."""
+    if isinstance(source, dict):
+        scenario = scenario_from_dict(source, source="<dict>", default_name=str(source.get("name", "scenario")))
+        apply_overrides(scenario, overrides or [])
+        return scenario
+    return _load_file(source, overrides)
+
+
+def run(scenario: Scenario | str | Path | dict, out_dir: str | Path | None = None, *,
+        overrides: list[str] | None = None, repeat: int | None = None, duration: float | None = None,
+        cache_dir: str | Path | None = None, console: Any = None,
+        shard: tuple[int, int] | None = None) -> Result:
+    """Run every cell of a scenario; returns the parsed results.json."""
+    from walstress.matrix import run_scenario
+
+    if not isinstance(scenario, Scenario):
+        scenario = load_scenario(scenario, overrides)
+    elif overrides:
+        apply_overrides(scenario, overrides)
+    if out_dir is None:
+        out_dir = Path("reports") / f"{scenario.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    data = run_scenario(scenario, out_dir, repeat=repeat, duration=duration, cache_dir=cache_dir, console=console,
+                        shard=shard)
+    return Result(data=data, path=Path(out_dir) / "results.json")

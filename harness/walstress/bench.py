@@ -1,0 +1,133 @@
+"""Benchmark: what the harness's instrumentation costs a writer.
+
+    python -m walstress.bench [--transactions N] [--blocks K] [--out FILE]
+
+Runs, in one process and on one database, alternating blocks of the same
+write transactions (BEGIN IMMEDIATE; insert a batch of corpus messages;
+COMMIT) two ways:
+
+    bare      plain sqlite3 calls, nothing recorded
+    harness   the writer role itself: history records, ledger lines
+              (one unbuffered write before and one after each COMMIT)
+
+and reports the transactions per second of each block and the ratio of the
+medians (harness / bare). Blocks alternate so that a machine's drift hits
+both sides alike; a ratio is taken in one run, never across runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sqlite3
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from walstress.controller import RunContext, prepare_database, write_worker_specs
+from walstress.database.corpus import Corpus
+from walstress.database.template import get_template
+from walstress.history import HistoryWriter
+from walstress.scenario import scenario_from_dict
+from walstress.workers.roles import Writer, WorkerContext
+
+
+def _scenario(pages: int, batch: int) -> Any:
+    return scenario_from_dict({
+        "name": "bench-overhead",
+        "database": {"schema": "minimal", "pages": pages},
+        "checkpoint": {"mode": "NONE"},
+        "workers": [{"role": "writer", "count": 1, "batch": batch, "insert_weight": 1, "update_weight": 0,
+                     "delete_weight": 0}],
+    }, source="<bench>")
+
+
+def _bare_block(db_path: Path, corpus: Corpus, transactions: int, batch: int) -> float:
+    conn = sqlite3.connect(str(db_path), timeout=1.0, isolation_level=None)
+    try:
+        started = time.perf_counter()
+        for _ in range(transactions):
+            conn.execute("BEGIN IMMEDIATE")
+            for _ in range(batch):
+                msg = corpus.message("bench", time.time())
+                conn.execute("INSERT INTO messages(session_id, role, content, timestamp) VALUES (?,?,?,?)",
+                             ("bench", msg["role"], msg["content"], msg["timestamp"]))
+            conn.execute("COMMIT")
+        return transactions / (time.perf_counter() - started)
+    finally:
+        conn.close()
+
+
+def _harness_block(spec: dict, history_path: Path, transactions: int) -> float:
+    history = HistoryWriter(history_path)
+    ctx = WorkerContext(spec=spec, history=history, stop=threading.Event())
+    writer = Writer(ctx, 0)
+    writer.setup()
+    try:
+        started = time.perf_counter()
+        for _ in range(transactions):
+            writer.step()
+        rate = transactions / (time.perf_counter() - started)
+    finally:
+        writer.teardown()
+        history.close()
+        ctx.close()
+    return rate
+
+
+def measure_overhead(*, pages: int = 2000, transactions: int = 300, blocks: int = 5, batch: int = 2,
+                     cache_dir: str | Path | None = None) -> dict[str, Any]:
+    scenario = _scenario(pages, batch)
+    template, _ = get_template(schema="minimal", pages=pages, page_size=4096, seed=0, cache_dir=cache_dir)
+    with tempfile.TemporaryDirectory(prefix="walstress-bench-") as tmp:
+        run_dir = Path(tmp)
+        db_path = run_dir / "db" / "state.db"
+        history = HistoryWriter(run_dir / "history" / "controller.jsonl")
+        ctx = RunContext(scenario=scenario, run_dir=run_dir, db_path=db_path, history=history)
+        facts = prepare_database(template, db_path, scenario)
+        write_worker_specs(ctx, facts, seed=1, sqlite_paths=[])
+        history.close()
+        spec = json.loads(ctx.workers[0].spec_path.read_text())
+        corpus = Corpus(1)
+        bare: list[float] = []
+        harness: list[float] = []
+        _bare_block(db_path, corpus, max(20, transactions // 10), batch)  # warm the page cache
+        for block in range(blocks):
+            bare.append(_bare_block(db_path, corpus, transactions, batch))
+            harness.append(_harness_block(spec, run_dir / "history" / f"bench-{block}.jsonl", transactions))
+        recorded = sum(1 for _ in open(run_dir / "history" / "bench-0.jsonl"))
+    ratio = statistics.median(harness) / statistics.median(bare)
+    return {
+        "what": "write transactions per second, alternating blocks in one process on one database",
+        "sqlite_version": sqlite3.sqlite_version,
+        "transactions_per_block": transactions, "blocks": blocks, "batch": batch, "pages": pages,
+        "bare_tx_per_s": [round(v, 1) for v in bare],
+        "harness_tx_per_s": [round(v, 1) for v in harness],
+        "harness_over_bare": round(ratio, 3),
+        "history_records_per_block": recorded,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m walstress.bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--transactions", type=int, default=300)
+    parser.add_argument("--blocks", type=int, default=5)
+    parser.add_argument("--pages", type=int, default=2000)
+    parser.add_argument("--cache-dir")
+    parser.add_argument("--out", help="write the result as JSON to this file")
+    args = parser.parse_args(argv)
+    result = measure_overhead(pages=args.pages, transactions=args.transactions, blocks=args.blocks,
+                              cache_dir=args.cache_dir)
+    text = json.dumps(result, indent=1)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

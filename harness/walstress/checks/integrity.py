@@ -1,0 +1,264 @@
+"""SQLite's own integrity checks, with b-tree names added to the messages.
+
+``run_integrity`` runs ``PRAGMA integrity_check`` and FTS5's
+``'integrity-check'`` command on every FTS5 table (SQLite before 3.44 leaves
+FTS5 out of integrity_check). It opens the database read-write and writes to
+it (a checkpoint), so it must only be pointed at a private copy: see
+``diagnose.check_database`` for the read-only entry point.
+
+Every sqlite3 error becomes part of the result; nothing here raises on a
+damaged database.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from walstress.checks.btree import btree_roots, btree_roots_from_file, walk_pages
+
+__all__ = [
+    "IntegrityResult",
+    "fts5_tables",
+    "name_message",
+    "objects_in_message",
+    "run_integrity",
+]
+
+_OK = "ok"
+_SKIPPED = "skipped: "
+
+
+@dataclass
+class IntegrityResult:
+    ok: bool = False
+    messages: list[str] = field(default_factory=list)
+    named_messages: list[str] = field(default_factory=list)
+    fts: dict[str, str] = field(default_factory=dict)
+    damaged_objects: list[str] = field(default_factory=list)
+    open_error: str | None = None
+    seconds: float = 0.0
+    sqlite_version: str = sqlite3.sqlite_version
+    # problems the file walk found on its own (informational: SQLite's
+    # messages decide ``ok``); filled only when the checks found damage
+    walk_problems: list[str] = field(default_factory=list)
+    checkpoint: list | None = None  # (busy, log, checkpointed) or None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# "Tree 23" (newer SQLite: the root page of the b-tree being checked), or
+# "page 63857", "Page 64517", "tree page 7", "reference to page 9"; not
+# "page number N" (an out-of-range pointer, not a page of the file).
+# A number already followed by its name (group 4) is left alone.
+_NUMBER_RE = re.compile(r"\b(?:(Tree)|([Pp]age)) (\d+)(?!\d)"
+                        r"( \((?:owned by )?(?:[^()\s]+|\([^()\s]+\))\))?")
+_OBJECT_RES = [
+    re.compile(r"\bindex ([^\s:,]+)"),               # wrong # of entries in index X
+    re.compile(r"\bNULL value in ([^\s.:]+)\."),     # NULL value in table.column
+    re.compile(r"\bconstraint failed in ([^\s:,]+)"),
+    re.compile(r"\bin table ([^\s:,]+)"),
+]
+_NAMED_RE = re.compile(r"\bTree \d+ \(([^()\s]+)\)|\(owned by ([^()\s]+)\)")
+
+
+def name_message(line: str, roots: dict[int, str], owners: dict[int, str]) -> str:
+    """Add b-tree names to one integrity_check line.
+
+    "Tree 23 page 9: ..." -> "Tree 23 (messages) page 9: ..."; a page gets
+    "(owned by NAME)" unless NAME is the tree already named before it on the
+    line. Numbers nobody owns are left as they are.
+    """
+    current_tree: str | None = None
+
+    def sub(m: re.Match) -> str:
+        nonlocal current_tree
+        number = int(m.group(3))
+        if m.group(1):
+            name = roots.get(number)
+            current_tree = name
+            return f"{m.group(0)} ({name})" if name and not m.group(4) else m.group(0)
+        owner = owners.get(number)
+        if not owner or owner == current_tree or m.group(4):
+            return m.group(0)
+        return f"{m.group(0)} (owned by {owner})"
+
+    return _NUMBER_RE.sub(sub, line)
+
+
+def objects_in_message(named_line: str) -> list[str]:
+    """Table/index names a (named) message speaks of, in order of appearance."""
+    found: list[tuple[int, str]] = []
+    for rx in _OBJECT_RES:
+        found.extend((m.start(), m.group(1)) for m in rx.finditer(named_line))
+    found.extend((m.start(), m.group(1) or m.group(2))
+                 for m in _NAMED_RE.finditer(named_line))
+    # dict.fromkeys: drops repeats, keeps the first appearance
+    return list(dict.fromkeys(n for _pos, n in sorted(found) if not n.startswith("(")))
+
+
+def fts5_tables(conn: sqlite3.Connection) -> list[str]:
+    """Names of the FTS5 virtual tables in the schema."""
+    out = []
+    for name, sql in conn.execute(
+            "SELECT name, sql FROM sqlite_master WHERE type = 'table' AND sql IS NOT NULL"):
+        if re.match(r"\s*CREATE\s+VIRTUAL\s+TABLE\b.*?\bUSING\s+fts5\b", sql or "",
+                    re.IGNORECASE | re.DOTALL):
+            out.append(name)
+    return out
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _fts_ok(verdict: str) -> bool:
+    return verdict == _OK or verdict.startswith(_SKIPPED)
+
+
+def _integrity_rows(conn: sqlite3.Connection, max_errors: int) -> tuple[list[str], str | None]:
+    """Rows of integrity_check and the error that stopped it, if any.
+
+    integrity_check can fail half way (it scans tables to check indexes),
+    and Python's cursor reads one row ahead, so a statement that fails
+    after its first row loses that row. A function called for each row as
+    SQLite produces it keeps them all.
+    """
+    rows: list[str] = []
+
+    def capture(text):
+        rows.append("" if text is None else str(text))
+        return 0
+
+    try:
+        conn.create_function("walstress_capture_row", 1, capture)
+        conn.execute("SELECT walstress_capture_row(integrity_check) "
+                     f"FROM pragma_integrity_check({max_errors})").fetchall()
+        return rows, None
+    except sqlite3.Error as exc:
+        if rows or "no such table" not in str(exc):
+            return rows, str(exc) or type(exc).__name__
+    # an SQLite without table-valued pragmas
+    try:
+        for (text,) in conn.execute(f"PRAGMA integrity_check({max_errors})"):
+            rows.append("" if text is None else str(text))
+    except sqlite3.Error as exc:
+        return rows, str(exc) or type(exc).__name__
+    return rows, None
+
+
+def run_integrity(db_path, *, max_errors: int = 10000) -> IntegrityResult:
+    """Run integrity_check and the FTS5 integrity-check on ``db_path``.
+
+    Only for a private copy: it checkpoints the copy's -wal into it first
+    (so the file walk that names pages sees the latest pages).
+    """
+    t0 = time.perf_counter()
+    res = IntegrityResult(sqlite_version=sqlite3.sqlite_version)
+    path = Path(db_path)
+    if not path.is_file():
+        res.open_error = f"no such file: {path}"
+        res.seconds = time.perf_counter() - t0
+        return res
+    uri = path.absolute().as_uri() + "?mode=rw"
+    roots: dict[int, str] = {}
+    conn = None
+    try:
+        conn = sqlite3.connect(uri, uri=True, timeout=5.0, isolation_level=None)
+        try:
+            row = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            res.checkpoint = list(row) if row else None
+        except sqlite3.Error:
+            pass
+        rows, error = _integrity_rows(conn, int(max_errors))
+        for text in rows:
+            res.messages.extend(text.splitlines() or [""])
+        if error is not None:
+            res.open_error = error
+        if rows or error is None:
+            for table in fts5_tables(conn):
+                q = _quote(table)
+                try:
+                    conn.execute(f"INSERT INTO {q}({q}) VALUES('integrity-check')")
+                    res.fts[table] = _OK
+                except sqlite3.Error as exc:
+                    text = str(exc) or type(exc).__name__
+                    # an SQLite built without FTS5 cannot check it: not damage
+                    res.fts[table] = (f"{_SKIPPED}{text}" if "no such module" in text
+                                      else text)
+            try:
+                roots = btree_roots(conn)
+            except sqlite3.Error:
+                roots = {}
+    except sqlite3.Error as exc:
+        res.open_error = res.open_error or str(exc) or type(exc).__name__
+    finally:
+        if conn is not None:
+            try:
+                conn.close()
+            except sqlite3.Error:
+                pass
+
+    res.ok = (res.open_error is None and res.messages == [_OK]
+              and all(_fts_ok(v) for v in res.fts.values()))
+    if res.ok:
+        res.named_messages = list(res.messages)
+    else:
+        _name_damage(res, path, roots)
+    res.seconds = time.perf_counter() - t0
+    return res
+
+
+_WALK_NAME_RE = re.compile(r"\((?!owned by)([^()\s]+)\)")
+
+
+def _name_damage(res: IntegrityResult, path: Path, roots: dict[int, str]) -> None:
+    """Fill named_messages, damaged_objects and walk_problems."""
+    if not roots:
+        roots = btree_roots_from_file(path)
+    pmap = walk_pages(path, roots)
+    owners = dict(pmap.owners)
+    res.walk_problems = list(pmap.problems)
+    lines = [m for m in res.messages if m != _OK]
+    wanted = {int(n) for line in lines for n in re.findall(r"\b[Pp]age (\d+)", line)}
+    missing = {p for p in wanted if p not in owners and 0 < p <= pmap.page_count}
+    if missing:
+        owners.update(_owners_from_dbstat(path, missing))
+    damaged: list[str] = []
+    for line in res.messages:
+        named = line if line == _OK else name_message(line, roots, owners)
+        res.named_messages.append(named)
+        damaged.extend(objects_in_message(named))
+    for table, verdict in res.fts.items():
+        if not _fts_ok(verdict):
+            damaged.append(table)
+    if not damaged:
+        # SQLite named nothing (e.g. only "database disk image is
+        # malformed"): fall back on what the walk of the file found
+        for problem in res.walk_problems:
+            damaged.extend(m.group(1) for m in _WALK_NAME_RE.finditer(problem))
+    res.damaged_objects = list(dict.fromkeys(n for n in damaged if not n.startswith("(")))
+
+
+def _owners_from_dbstat(path: Path, wanted: set[int]) -> dict[int, str]:
+    """Fallback owner lookup through the dbstat table, where compiled in."""
+    found: dict[int, str] = {}
+    try:
+        conn = sqlite3.connect(path.absolute().as_uri() + "?mode=ro", uri=True)
+    except sqlite3.Error:
+        return found
+    try:
+        for pageno, name in conn.execute("SELECT pageno, name FROM dbstat"):
+            if pageno in wanted:
+                found[pageno] = name
+                if len(found) == len(wanted):
+                    break
+    except sqlite3.Error:
+        pass
+    finally:
+        conn.close()
+    return found

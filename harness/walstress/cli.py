@@ -1,0 +1,263 @@
+"""The walstress command: parse, call, print. Exit codes:
+0 every verdict matched its expectation (check: healthy), 1 one did not
+(check: damaged), 2 usage, scenario or environment error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import NoReturn
+
+from walstress.errors import ScenarioError, UsageError, WalstressError
+
+EXIT_OK, EXIT_MISMATCH, EXIT_USAGE = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # exit 2 with one line, as argparse does, but ours
+        command = self.prog.partition(" ")[2]
+        raise UsageError(f"{command + ': ' if command else ''}{message} (see '{self.prog} --help')")
+
+
+def _parser() -> argparse.ArgumentParser:
+    from walstress import __version__
+
+    parser = _Parser(prog="walstress", description="Reproduce SQLite WAL corruption on demand.")
+    parser.add_argument("--version", action="version", version=f"walstress {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = sub.add_parser("run", help="run a scenario file (every matrix cell x repeat)")
+    run.add_argument("scenario", help="scenario TOML file")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a scenario key (a [list] makes it a matrix axis)")
+    run.add_argument("--out", help="output folder (default reports/<name>-<time>)")
+    run.add_argument("--repeat", type=int, help="runs per cell (overrides the scenario's repeat)")
+    run.add_argument("--duration", help='run length per run, e.g. 30, "30s", "500ms"')
+    run.add_argument("--cache-dir", help="template cache folder")
+    run.add_argument("--json", action="store_true", help="print results.json on stdout")
+    run.add_argument("--quiet", action="store_true", help="no progress output")
+    run.add_argument("--shard", metavar="K/N",
+                     help="run only the cells whose index %% N == K-1 (join the shards with walstress merge)")
+
+    build = sub.add_parser("build", help="build a template database")
+    build.add_argument("--pages", type=int, default=65536, help="at least this many pages (default 65536)")
+    build.add_argument("--page-size", type=int, default=4096, help="bytes per page (default 4096)")
+    build.add_argument("--schema", default="hermes", help='"hermes" (the bug report\'s schema) or "minimal"')
+    build.add_argument("--seed", type=int, default=0, help="seed of the synthetic messages (default 0)")
+    build.add_argument("--out", required=True, help="database file to create (must not exist)")
+
+    check = sub.add_parser("check", help="read-only diagnosis of a database file (exit 0 healthy, 1 damaged, 2 error)")
+    check.add_argument("db", help="database file; its -wal is read too; nothing is written")
+    check.add_argument("--json", action="store_true", help="print the diagnosis as JSON")
+
+    report = sub.add_parser("report", help="judge again and rebuild the report of an output folder or one run dir")
+    report.add_argument("run_dir", help="output folder of walstress run (with results.json) or one cell-NNN/run-NNN")
+    report.add_argument("--json", action="store_true", help="print the results as JSON")
+
+    merge = sub.add_parser("merge", help="join the results of shard runs (walstress run --shard K/N)")
+    merge.add_argument("dirs", nargs="+", metavar="DIR", help="output folders (or results.json files) of the shards")
+    merge.add_argument("--out", required=True, help="output folder of the joined results")
+    merge.add_argument("--json", action="store_true", help="print the joined results.json on stdout")
+
+    bisect = sub.add_parser("bisect", help="find the first SQLite version whose verdict differs (apsw driver)")
+    bisect.add_argument("scenario", help="scenario TOML file (one cell once the SQLite axes are removed)")
+    bisect.add_argument("--versions", required=True, metavar="A..B", help="SQLite versions to search, e.g. 3.50.0..3.54.1")
+    bisect.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    bisect.add_argument("--repeat", type=int, help="runs per version (default: the scenario's repeat)")
+    bisect.add_argument("--duration", help="run length per run")
+    bisect.add_argument("--out", help="output folder (default reports/bisect-<name>-<time>)")
+    bisect.add_argument("--cache-dir", help="template cache folder")
+    bisect.add_argument("--quiet", action="store_true", help="no progress output of the runs")
+
+    explain = sub.add_parser("explain", help="say in sentences which factor of a matrix changes the verdict")
+    explain.add_argument("results", help="results.json or an output folder")
+    return parser
+
+
+def _duration_arg(text: str | None) -> float | None:
+    """--duration in seconds (None when not given); UsageError when it is not a duration."""
+    from walstress.scenario import parse_duration_seconds
+
+    if text is None:
+        return None
+    try:
+        return parse_duration_seconds(text)
+    except ValueError as exc:
+        raise UsageError(f"--duration {text!r}: expected {exc}") from None
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from walstress.api import load_scenario, run
+    from walstress.console import Console, summary_table
+
+    scenario = load_scenario(args.scenario, args.overrides)
+    duration = _duration_arg(args.duration)
+    if duration is not None and duration <= 0:
+        raise UsageError("--duration must be positive")
+    if args.repeat is not None and args.repeat < 1:
+        raise UsageError("--repeat must be at least 1")
+    out = Path(args.out) if args.out else Path("reports") / f"{scenario.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    console = Console(sys.stderr, quiet=args.quiet)
+    shard = None
+    if args.shard:
+        from walstress.matrix import parse_shard
+
+        try:
+            shard = parse_shard(args.shard)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+    result = run(scenario, out, repeat=args.repeat, duration=duration, cache_dir=args.cache_dir, console=console,
+                 shard=shard)
+    _after_run(result.data, out)
+    if args.json:
+        print(json.dumps(result.data, indent=1, default=str))
+    else:
+        print(summary_table(result.data))
+        if len(result.data["cells"]) > 1:
+            from walstress.explain import explain
+
+            print("\n".join(explain(result.data)))
+    print(f"results: {result.path}", file=sys.stderr if args.json else sys.stdout)
+    return EXIT_OK if result.ok else EXIT_MISMATCH
+
+
+def _after_run(results: dict, out: Path) -> None:
+    """Hook for the report package: figures and pages after the workers stopped."""
+    try:
+        from walstress.report import build_report
+    except ImportError:
+        return
+    try:
+        build_report(out, results)
+    except Exception as exc:  # a report problem never changes a verdict
+        print(f"walstress: report not built: {exc!r}", file=sys.stderr)
+
+
+def _cmd_build(args: argparse.Namespace) -> int:
+    from walstress.database.template import build_database
+
+    def progress(text: str) -> None:
+        if not text.startswith("built "):  # the summary line below says it
+            print(f"  {text}", file=sys.stderr)
+
+    try:
+        info = build_database(args.out, schema=args.schema, pages=args.pages, page_size=args.page_size,
+                              seed=args.seed, progress=progress)
+    except (ValueError, KeyError) as exc:
+        raise UsageError(str(exc).strip("'\"")) from None
+    except FileExistsError as exc:
+        name = exc.filename or str(exc)
+        raise UsageError(f"{name} exists; choose another --out or remove it") from None
+    print(f"built {info['path']}: {info['pages']:,} pages of {info['page_size']} bytes, "
+          f"{info['messages']:,} messages, {info['sessions']:,} sessions in {info['build_seconds']:.1f} s")
+    return EXIT_OK
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from walstress.checks.cli_check import main_check
+
+    return main_check(args.db, args.json)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from walstress.judge import judge_run
+    from walstress.matrix import rejudge_dir
+
+    target = Path(args.run_dir)
+    if not target.exists():
+        raise UsageError(f"{target}: no such run dir")
+    data = rejudge_dir(target, judge_run)
+    _after_run(data, target)
+    if args.json:
+        print(json.dumps(data, indent=1, default=str))
+    else:
+        from walstress.console import summary_table
+
+        if data.get("cells"):
+            print(summary_table(data))
+        elif data.get("run"):
+            run = data["run"]
+            print(f"{run['verdict'].upper()}: {run['reason']} (expect {data.get('expect', 'clean')})")
+        print(f"report: {target / 'report.md'}")
+    return EXIT_OK if data.get("ok") else EXIT_MISMATCH
+
+
+def _cmd_merge(args: argparse.Namespace) -> int:
+    from walstress.matrix import merge_results
+
+    try:
+        data = merge_results(args.dirs, args.out)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    out = Path(args.out)
+    _after_run(data, out)
+    if args.json:
+        print(json.dumps(data, indent=1, default=str))
+    else:
+        from walstress.console import summary_table
+
+        print(summary_table(data))
+        if data.get("missing_cells"):
+            print(f"missing cells (no shard ran them): {', '.join(data['missing_cells'])}")
+    print(f"results: {out / 'results.json'}", file=sys.stderr if args.json else sys.stdout)
+    return EXIT_OK if data.get("ok") else EXIT_MISMATCH
+
+
+def _cmd_bisect(args: argparse.Namespace) -> int:
+    from walstress.bisect import bisect_versions
+    from walstress.console import Console
+
+    duration = _duration_arg(args.duration)
+    if args.repeat is not None and args.repeat < 1:
+        raise UsageError("--repeat must be at least 1")
+    outcome = bisect_versions(args.scenario, args.versions, overrides=args.overrides, repeat=args.repeat,
+                              duration=duration, out_dir=args.out, cache_dir=args.cache_dir,
+                              console=Console(sys.stderr, quiet=args.quiet), say=print)
+    return EXIT_OK if outcome.get("first_changed") else EXIT_MISMATCH
+
+
+def _cmd_explain(args: argparse.Namespace) -> int:
+    from walstress.explain import explain
+    from walstress.matrix import load_results
+
+    path = Path(args.results)
+    if not (path / "results.json" if path.is_dir() else path).is_file():
+        raise UsageError(f"{path}: no results.json")
+    try:
+        data = load_results(path)
+    except ValueError as exc:
+        raise UsageError(f"{path}: not a results.json ({exc})") from None
+    for sentence in explain(data):
+        print(sentence)
+    return EXIT_OK
+
+
+COMMANDS = {"run": _cmd_run, "build": _cmd_build, "check": _cmd_check, "report": _cmd_report,
+            "merge": _cmd_merge, "bisect": _cmd_bisect, "explain": _cmd_explain}
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = _parser().parse_args(argv)
+        return COMMANDS[args.command](args)
+    except BrokenPipeError:  # the reader of our output went away (e.g. | head): not an error of ours
+        try:
+            sys.stdout = open(os.devnull, "w")
+        except OSError:
+            pass
+        return EXIT_OK
+    except (ScenarioError, UsageError, WalstressError) as exc:
+        print(f"walstress: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("walstress: interrupted; every worker was stopped", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

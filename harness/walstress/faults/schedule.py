@@ -1,0 +1,186 @@
+"""Shared pieces of the fault modules: schedules, targets, counted windows.
+
+A schedule says when a fault acts, in seconds after the run's ``go``:
+
+    at            "2, 5.5s, 800ms"   fixed times
+    every_ms      2000               every 2 s (first at 2 s)
+    random_count  3                  three times drawn from the run seed,
+                                     uniform over the run
+
+The three may be combined; times at or after the end of the run are
+dropped. A target names which worker a process fault acts on: a role
+(``writer``: one live worker of that role, picked with the seed), a worker
+name (``writer-1``) or ``any`` (one live worker of any role).
+
+A controller-side fault acting at the times of a schedule derives from
+:class:`ScheduledFault`.
+
+Hazards that act thousands of times a second (the lock breaker) do not
+write one record per action: :class:`ActionWindows` records one ``fault``
+record per second with the count of actions by outcome.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from walstress.faults.base import Fault
+from walstress.scenario import ROLES, parse_duration_seconds
+
+
+def parse_times(text: str) -> list[float]:
+    """"2, 5.5s, 800ms" -> [2.0, 5.5, 0.8]; raises ValueError."""
+    times = []
+    for part in str(text).split(","):
+        part = part.strip()
+        if not part:
+            continue
+        value = parse_duration_seconds(part)
+        if value < 0:
+            raise ValueError(f"{part!r} is negative")
+        times.append(value)
+    return sorted(times)
+
+
+def parse_names(text: str) -> list[str]:
+    """"writer, opener" -> ["writer", "opener"]."""
+    return [part.strip() for part in str(text).split(",") if part.strip()]
+
+
+def check_schedule(section: str, at: str, every_ms: int, random_count: int) -> None:
+    """ValueError naming the key when a schedule is unusable."""
+    try:
+        parse_times(at)
+    except ValueError as exc:
+        raise ValueError(f"faults.{section}.at: {at!r} is not a list of times such as \"2, 5.5s, 800ms\" ({exc})") from None
+    if not parse_times(at) and not every_ms and not random_count:
+        raise ValueError(f"faults.{section}: enabled but never acts; set faults.{section}.at, "
+                         f"faults.{section}.every_ms or faults.{section}.random_count")
+
+
+def check_roles(section: str, key: str, text: str) -> list[str]:
+    names = parse_names(text)
+    if not names:
+        raise ValueError(f"faults.{section}.{key}: empty; a comma-separated list of roles ({', '.join(ROLES)})")
+    bad = [n for n in names if n not in ROLES]
+    if bad:
+        raise ValueError(f"faults.{section}.{key}: {bad[0]!r} is not a role; one of {', '.join(ROLES)}")
+    return names
+
+
+def check_target(section: str, scenario: Any, target: str) -> None:
+    """A role with workers, a worker name of the scenario, or "any"."""
+    if target == "any":
+        return
+    if target in ROLES:
+        if not scenario.workers_of(target):
+            raise ValueError(f"faults.{section}.target: {target!r} but the scenario has no {target} workers")
+        return
+    names = [name for name, _ in scenario.worker_names()]
+    if target not in names:
+        shown = ", ".join(names[:8])
+        raise ValueError(f"faults.{section}.target: {target!r} is not \"any\", a role ({', '.join(ROLES)}) "
+                         f"nor a worker of the scenario ({shown})")
+
+
+def schedule_times(at: str, every_ms: int, random_count: int, duration: float, rng: random.Random) -> list[float]:
+    """Offsets in seconds after go, ascending, all before the end of the run."""
+    times = [t for t in parse_times(at) if t < duration]
+    if every_ms:
+        step = every_ms / 1000.0
+        k = 1
+        while k * step < duration:
+            times.append(k * step)
+            k += 1
+    for _ in range(random_count):
+        times.append(rng.uniform(0.0, duration))
+    return sorted(times)
+
+
+def run_duration(ctx: Any) -> float:
+    """The length of the run in flight (``--duration`` may override the scenario's)."""
+    return float(ctx.duration or ctx.scenario.duration)
+
+
+class ScheduledFault(Fault):
+    """A controller-side fault acting at the times of its settings' schedule (``at``, ``every_ms``,
+    ``random_count``), drawn from the run seed; ``done`` counts the times acted on (or skipped)."""
+
+    def __init__(self, settings: Any, seed: int):
+        self.settings = settings
+        self.rng = random.Random(f"{seed}:{self.name}")
+        self.times: list[float] = []
+        self.done = 0
+
+    def start(self, ctx: Any) -> None:
+        s = self.settings
+        self.times = schedule_times(s.at, s.every_ms, s.random_count, run_duration(ctx), self.rng)
+
+    def due(self, ctx: Any, now: float) -> Iterator[int]:
+        """Indexes of the scheduled times reached by ``now``, each counted done before it is yielded."""
+        while self.done < len(self.times) and ctx.t_go + self.times[self.done] <= now:
+            self.done += 1
+            yield self.done - 1
+
+    def missed(self) -> list[float]:
+        """Offsets the run ended before reaching (the controller's loop stops at the end time); all count done."""
+        offsets = self.times[self.done:]
+        self.done = len(self.times)
+        return offsets
+
+
+def live_candidates(workers: Iterable[Any], target: str) -> list[Any]:
+    """Live worker processes a target may mean, by name order."""
+    out = []
+    for worker in workers:
+        if worker.popen is None or worker.popen.poll() is not None:
+            continue
+        if target == "any" or worker.role == target or worker.name == target:
+            out.append(worker)
+    return sorted(out, key=lambda w: w.name)
+
+
+def wait_for_go(spec: dict, stop: Any) -> float | None:
+    """Block until the controller's go file exists; its time, or None when stopped first."""
+    go_path = Path(spec["go_path"])
+    while not stop.is_set():
+        if go_path.exists():
+            return time.time()
+        stop.wait(0.005)
+    return None
+
+
+class ActionWindows:
+    """Counts actions by outcome; one ``fault`` record per window (default 1 s)."""
+
+    def __init__(self, history: Any, name: str, target: str, detail: dict[str, Any] | None = None,
+                 window_s: float = 1.0):
+        self.history = history
+        self.name = name
+        self.target = target
+        self.detail = dict(detail or {})
+        self.window_s = window_s
+        self.total = 0
+        self._counts: dict[str, int] = {}
+        self._t0 = time.time()
+
+    def add(self, outcome: str = "ok", n: int = 1) -> None:
+        self._counts[outcome] = self._counts.get(outcome, 0) + n
+        self.total += n
+
+    def maybe_flush(self) -> None:
+        if time.time() - self._t0 >= self.window_s:
+            self.flush()
+
+    def flush(self) -> None:
+        now = time.time()
+        if self._counts:
+            count = sum(self._counts.values())
+            self.history.record({"type": "fault", "name": self.name, "t": self._t0, "t_end": now,
+                                 "target": self.target,
+                                 "detail": {**self.detail, "count": count, "outcomes": dict(self._counts)}})
+        self._counts = {}
+        self._t0 = now

@@ -1,0 +1,353 @@
+"""Run every cell of a scenario, repeats included, and aggregate results.json."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sqlite3
+import sys
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable
+
+from walstress import __version__
+from walstress.controller import execute_run
+from walstress.errors import EnvironmentProblem
+from walstress.scenario import Cell, Scenario, expand_matrix, scenario_to_jsonable
+from walstress.verdict import matches
+
+RESULTS_SCHEMA_VERSION = 1
+
+
+def environment_info(run_dir: Path | None = None) -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "kernel": platform.release(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "system_sqlite": sqlite3.sqlite_version,
+    }
+    try:  # the CPU's model name, for the report's environment section (Linux)
+        with open("/proc/cpuinfo") as handle:
+            info["cpu_model"] = next((line.split(":", 1)[1].strip() for line in handle
+                                      if line.lower().startswith("model name")), platform.processor())
+    except OSError:
+        info["cpu_model"] = platform.processor()
+    try:
+        import psutil
+
+        info["memory_bytes"] = psutil.virtual_memory().total
+        if run_dir is not None:
+            best = None
+            target = str(Path(run_dir).resolve())
+            for part in psutil.disk_partitions(all=True):
+                if target.startswith(part.mountpoint) and (best is None or len(part.mountpoint) > len(best.mountpoint)):
+                    best = part
+            if best is not None:
+                info["filesystem"] = {"type": best.fstype, "mountpoint": best.mountpoint, "device": best.device}
+    except Exception:
+        pass
+    return info
+
+
+def sqlite_paths_for(scenario: Scenario) -> list[str]:
+    """Folders to put first on a worker's sys.path so it loads the asked-for SQLite."""
+    if scenario.sqlite.driver == "stdlib":
+        return []
+    if scenario.sqlite.version == "system":
+        try:
+            import apsw  # noqa: F401
+        except ImportError:
+            raise EnvironmentProblem('sqlite.driver = "apsw" needs apsw: pip install "walstress[apsw]"') from None
+        return []
+    try:
+        from walstress.sqlite.versions import ensure_apsw
+    except ImportError:
+        raise EnvironmentProblem("SQLite versions other than the system one are not available in this build") from None
+    return [str(ensure_apsw(scenario.sqlite.version))]
+
+
+def cell_summary(cell: Cell, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    return summarize_cell(cell.cell_id, cell.label, cell.params, cell.scenario.expect,
+                          cell.scenario.expect_fraction, runs)
+
+
+def cell_matches(expect: str, expect_fraction: float, runs: list[dict[str, Any]]) -> tuple[int, bool]:
+    """(runs whose verdict matches expect, whether enough do): at least expect_fraction of them."""
+    matching = sum(1 for r in runs if matches(expect, r["verdict"]))
+    return matching, bool(runs) and matching >= expect_fraction * len(runs) - 1e-9
+
+
+def summarize_cell(cell_id: str, label: str, params: dict[str, Any], expect: str, expect_fraction: float,
+                   runs: list[dict[str, Any]]) -> dict[str, Any]:
+    counts = {v: sum(1 for r in runs if r["verdict"] == v) for v in ("clean", "corrupt", "lost-writes", "errors")}
+    matching, matched = cell_matches(expect, expect_fraction, runs)
+    first_failure = None
+    elapsed = 0.0
+    for run in runs:
+        if run["verdict"] in ("corrupt", "lost-writes"):
+            # within the failing run: SQLite's first corruption error, else the run's end (the checks)
+            within = run.get("first_corruption_error_s")
+            first_failure = round(elapsed + (within if within is not None else run.get("duration_s", 0.0)), 3)
+            break
+        elapsed += run.get("duration_s", 0.0)
+    return {
+        "cell_id": cell_id,
+        "label": label,
+        "params": params,
+        "expect": expect,
+        "expect_fraction": expect_fraction,
+        "runs": len(runs),
+        "clean": counts["clean"],
+        "corrupt": counts["corrupt"],
+        "lost": counts["lost-writes"],
+        "errors": counts["errors"],
+        "matching": matching,
+        "matches_expect": matched,
+        "time_to_first_failure_s": first_failure,
+        "wal_peak_bytes": max((r.get("wal_peak_bytes", 0) for r in runs), default=0),
+        "results": runs,
+    }
+
+
+def run_scenario(scenario: Scenario, out_dir: str | Path, *, repeat: int | None = None,
+                 duration: float | None = None, cache_dir: str | Path | None = None,
+                 console: Any = None, cells_filter: Callable[[list[Cell]], list[Cell]] | None = None,
+                 shard: tuple[int, int] | None = None) -> dict[str, Any]:
+    """Run a scenario (all cells x repeats) into out_dir; write and return results.json's content.
+
+    ``shard = (K, N)`` runs only the cells whose index % N == K - 1 (cell ids
+    stay global); ``merge_results`` joins the shards' folders again.
+    """
+    from walstress.database.template import get_template
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    cells = expand_matrix(scenario)
+    cells_total = len(cells)
+    if shard is not None:
+        cells = [cell for cell in cells if cell.index % shard[1] == shard[0] - 1]
+    if cells_filter is not None:
+        cells = cells_filter(cells)
+    # Every cell's SQLite is resolved (installed if need be) before anything
+    # runs, so that an unknown version fails at once, not after hours.
+    cell_sqlite_paths = {cell.cell_id: sqlite_paths_for(cell.scenario) for cell in cells}
+    repeats = repeat or scenario.repeat
+    results: dict[str, Any] = {
+        "schema_version": RESULTS_SCHEMA_VERSION,
+        "walstress_version": __version__,
+        "scenario": {"name": scenario.name, "description": scenario.description, "source": scenario.source,
+                     "seed": scenario.seed, "matrix": scenario.matrix, "values": scenario_to_jsonable(scenario)},
+        "repeat": repeats,
+        "started_at": started,
+        "environment": environment_info(out_dir),
+        "templates": [],
+        "cells": [],
+    }
+    if shard is not None:
+        results["shard"] = {"index": shard[0], "count": shard[1], "cells_total": cells_total,
+                            "cell_ids": [cell.cell_id for cell in cells]}
+    results_path = out_dir / "results.json"
+    templates: dict[tuple, Path] = {}
+    for cell in cells:
+        cs = cell.scenario
+        key = (cs.database.schema, cs.database.pages, cs.database.page_size, cs.database.seed)
+        if key not in templates:
+            t0 = time.time()
+            path, built = get_template(schema=key[0], pages=key[1], page_size=key[2], seed=key[3], cache_dir=cache_dir,
+                                       progress=console.build_progress if console else None)
+            templates[key] = path
+            results["templates"].append({"path": str(path), "built_now": built, "seconds": round(time.time() - t0, 3),
+                                         "schema": key[0], "pages": key[1], "page_size": key[2], "seed": key[3]})
+            if console:
+                console.template_ready(path, built, time.time() - t0)
+    for cell in cells:
+        sqlite_paths = cell_sqlite_paths[cell.cell_id]
+        cs = cell.scenario
+        template = templates[(cs.database.schema, cs.database.pages, cs.database.page_size, cs.database.seed)]
+        runs: list[dict[str, Any]] = []
+        for index in range(repeats):
+            run_dir = out_dir / cell.cell_id / f"run-{index:03d}"
+            seed = cs.seed + index
+            if console:
+                console.run_started(cell, index, repeats, run_dir)
+            fault_plan = _fault_plan(cs, seed)
+            result = execute_run(cs, run_dir, template, seed=seed, sqlite_paths=sqlite_paths, duration=duration,
+                                 progress=partial(console.run_progress, cell, index) if console else None,
+                                 faults=fault_plan)
+            result["repeat_index"] = index
+            runs.append(result)
+            if console:
+                console.run_finished(cell, index, result)
+        summary = cell_summary(cell, runs)
+        results["cells"].append(summary)
+        _write_results(results, results_path, started)
+    _write_results(results, results_path, started)
+    return results
+
+
+def _fault_plan(scenario: Scenario, seed: int) -> Any:
+    """The faults package builds the plan; absent faults, None."""
+    if not scenario.faults:
+        return None
+    from walstress.faults import build_plan
+
+    return build_plan(scenario, seed)
+
+
+def _write_results(results: dict[str, Any], path: Path, started: float, *, keep_times: bool = False) -> None:
+    """Write results.json atomically; keep_times keeps the run's own finish time (a re-judgement)."""
+    if not (keep_times and results.get("finished_at")):
+        results["finished_at"] = time.time()
+        results["elapsed_s"] = round(results["finished_at"] - started, 3)
+    results["ok"] = (all(c["matches_expect"] for c in results["cells"]) and bool(results["cells"])
+                     and not results.get("missing_cells"))
+    results["totals"] = {
+        "cells": len(results["cells"]),
+        "runs": sum(c["runs"] for c in results["cells"]),
+        "corrupt": sum(c["corrupt"] for c in results["cells"]),
+        "lost": sum(c["lost"] for c in results["cells"]),
+        "errors": sum(c["errors"] for c in results["cells"]),
+        "mismatched_cells": [c["cell_id"] for c in results["cells"] if not c["matches_expect"]],
+    }
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(results, indent=1, default=str))
+    os.replace(tmp, path)
+
+
+def load_results(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if path.is_dir():
+        path = path / "results.json"
+    return json.loads(path.read_text())
+
+
+def rejudge_dir(target: str | Path, judge: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
+    """Judge every run under an output folder again and rewrite results.json.
+
+    Works on a folder whose controller died: cells and runs are found on disk,
+    and the results are marked partial.
+    """
+    target = Path(target)
+    if (target / "scenario.json").exists() and not (target / "results.json").exists():
+        run = judge(target)
+        expect = json.loads((target / "scenario.json").read_text())["scenario"].get("expect", "clean")
+        return {"cells": [], "ok": matches(expect, run["verdict"]), "expect": expect, "run": run}
+    previous: dict[str, Any] = {}
+    if (target / "results.json").exists():
+        previous = load_results(target)
+    known = {c["cell_id"]: c for c in previous.get("cells", [])}
+    cells = []
+    partial = not previous or bool(previous.get("partial"))
+    for cell_dir in sorted(p for p in target.glob("cell-*") if p.is_dir()):
+        runs = []
+        for run_dir in sorted(p for p in cell_dir.glob("run-*") if (p / "scenario.json").exists()):
+            result = judge(run_dir)
+            result["repeat_index"] = int(run_dir.name.split("-")[-1])
+            runs.append(result)
+            partial = partial or result["partial"]
+        if not runs:
+            continue
+        meta = json.loads((Path(runs[0]["run_dir"]) / "scenario.json").read_text())["scenario"]
+        old = known.get(cell_dir.name, {})
+        cells.append(summarize_cell(cell_dir.name, old.get("label", meta["name"]), old.get("params", {}),
+                                    meta["expect"], meta.get("expect_fraction", 1.0), runs))
+    results = dict(previous) if previous else {
+        "schema_version": RESULTS_SCHEMA_VERSION, "walstress_version": __version__,
+        "scenario": {"name": target.name, "description": "", "source": "", "seed": 0, "matrix": {}, "values": {}},
+        "repeat": max((c["runs"] for c in cells), default=0), "started_at": time.time(),
+        "environment": environment_info(target), "templates": [],
+    }
+    results["cells"] = cells
+    results["partial"] = partial
+    if partial and not previous:
+        results["note"] = "results rebuilt from a run dir whose controller did not finish"
+    results["rejudged_at"] = time.time()
+    _write_results(results, target / "results.json", results.get("started_at", time.time()), keep_times=True)
+    return results
+
+
+# ------------------------------------------------------------------- shards
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"2/3"`` -> (2, 3): the second of three shards. ValueError otherwise."""
+    left, sep, right = str(text).partition("/")
+    try:
+        index, count = int(left), int(right)
+    except ValueError:
+        raise ValueError(f"--shard {text!r}: expected K/N such as 1/2") from None
+    if not sep or count < 1 or not 1 <= index <= count:
+        raise ValueError(f"--shard {text!r}: expected K/N with 1 <= K <= N")
+    return index, count
+
+
+def _scenario_identity(results: dict[str, Any]) -> str:
+    scenario = results.get("scenario", {})
+    values = dict(scenario.get("values", {}))
+    return json.dumps({"name": scenario.get("name"), "seed": scenario.get("seed"), "values": values,
+                       "matrix": scenario.get("matrix"), "repeat": results.get("repeat")}, sort_keys=True, default=str)
+
+
+def merge_results(sources: list[str | Path], out_dir: str | Path) -> dict[str, Any]:
+    """Join the results.json of shard runs of one scenario into ``out_dir/results.json``.
+
+    The shards must come from the same scenario (same values, matrix, seed
+    and repeat) and must not overlap. Each cell folder is linked into
+    ``out_dir`` (a symbolic link), so ``walstress report OUT`` can judge
+    every run again. Raises ValueError with a message for the user.
+    """
+    if not sources:
+        raise ValueError("merge needs at least one results folder")
+    out_dir = Path(out_dir)
+    loaded = []
+    for source in sources:
+        path = Path(source)
+        file = path / "results.json" if path.is_dir() else path
+        if not file.is_file():
+            raise ValueError(f"{source}: no results.json")
+        loaded.append((file.parent, load_results(file)))
+    identity = _scenario_identity(loaded[0][1])
+    cells: dict[str, dict[str, Any]] = {}
+    shards = []
+    for folder, data in loaded:
+        if _scenario_identity(data) != identity:
+            raise ValueError(f"{folder}: results of a different scenario (or other settings) than {loaded[0][0]}")
+        for cell in data.get("cells", []):
+            if cell["cell_id"] in cells:
+                raise ValueError(f"{folder}: cell {cell['cell_id']} is also in another shard")
+            cells[cell["cell_id"]] = {**cell, "source_dir": str(folder.resolve())}
+        shards.append({"dir": str(folder.resolve()), "shard": data.get("shard"),
+                       "cells": [c["cell_id"] for c in data.get("cells", [])],
+                       "elapsed_s": data.get("elapsed_s"), "partial": bool(data.get("partial"))})
+    totals = {s["shard"]["cells_total"] for _, s in loaded if s.get("shard")}
+    expected_total = totals.pop() if len(totals) == 1 else None
+    first = loaded[0][1]
+    merged: dict[str, Any] = {key: value for key, value in first.items()
+                              if key not in ("cells", "shard", "totals", "ok", "finished_at", "elapsed_s")}
+    merged["started_at"] = min(d.get("started_at", time.time()) for _, d in loaded)
+    merged["templates"] = [t for _, d in loaded for t in d.get("templates", [])]
+    merged["cells"] = [cells[key] for key in sorted(cells, key=lambda k: int(k.split("-")[-1]))]
+    merged["merged_from"] = shards
+    missing = []
+    if expected_total is not None:
+        missing = [f"cell-{i:03d}" for i in range(expected_total) if f"cell-{i:03d}" not in cells]
+    merged["missing_cells"] = missing
+    merged["partial"] = bool(missing) or any(s["partial"] for s in shards)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for cell in merged["cells"]:
+        link = out_dir / cell["cell_id"]
+        target = Path(cell["source_dir"]) / cell["cell_id"]
+        if link.resolve() == target.resolve() or not target.exists():
+            continue
+        if link.is_symlink():
+            link.unlink()
+        if not link.exists():
+            link.symlink_to(target, target_is_directory=True)
+    merged["finished_at"] = max((d.get("finished_at") or 0.0) for _, d in loaded) or time.time()
+    merged["elapsed_s"] = max((s["elapsed_s"] or 0.0) for s in shards)
+    merged["elapsed_note"] = "elapsed_s of the slowest shard (shards may run in parallel)"
+    _write_results(merged, out_dir / "results.json", merged["started_at"], keep_times=True)
+    return merged

@@ -1,0 +1,495 @@
+"""pytest plugin: walstress scenarios as regression tests.
+
+Loaded through the ``pytest11`` entry point (name ``walstress``; disable with
+``-p no:walstress``). It offers:
+
+``walstress_run`` (fixture)
+    ``walstress_run(source, *overrides, expect=None, duration=None,
+    repeat=None, check=True)`` runs a scenario (a TOML file or a dict) in the
+    test's tmp dir and returns the parsed :class:`walstress.Result`. With
+    ``check`` (the default) the test fails, naming every run dir, when a cell
+    does not match its expectation. ``walstress_run.check(result, expect)``
+    and ``walstress_run.rejudge(result)`` check or judge a finished run again.
+
+``walstress_template`` (fixture)
+    ``walstress_template(schema="minimal", pages=2000, page_size=4096,
+    seed=0, copy=False)``: the path of a cached template database (treat it
+    as read-only), or with ``copy=True`` a fresh copy in the test's tmp dir.
+
+``@pytest.mark.walstress(scenario, *overrides, expect=None, duration=None, repeat=None)``
+    runs the scenario before the test body; the test fails unless every cell
+    matches ``expect`` (default: the scenario's own). The body may take the
+    ``walstress_result`` fixture to look at the numbers.
+
+Scenario files on the command line
+    ``pytest scenarios/x.toml`` (or ``--walstress-scenarios=FILE``) turns each
+    matrix cell into its own test item, so ``pytest -n auto`` spreads cells
+    over cores. Only ``.toml`` files named explicitly are collected, never by
+    discovery. ``--walstress-set``, ``--walstress-duration`` and
+    ``--walstress-repeat`` apply to those files.
+
+Every run attaches its verdict, SQLite version and key numbers to the test
+report as user properties (JUnit XML ``<property>`` elements), and every
+failure message names the run dirs. Under pytest-xdist each worker writes
+run dirs under its own base temp dir; templates go to one cache per test
+session (``--walstress-cache-dir`` or ``$WALSTRESS_CACHE_DIR`` to choose
+another), which is safe under concurrent builders (an ``flock`` per key).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from walstress.api import Result
+
+MARKER = "walstress"
+PROPERTY_PREFIX = "walstress_"
+
+_REQUESTED = pytest.StashKey[set]()
+_CACHE_DIR = pytest.StashKey[Path]()
+_MARKER_RESULT = pytest.StashKey[Result]()
+_RESULTS = pytest.StashKey[dict]()
+
+
+# ------------------------------------------------------------------- options
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("walstress", "walstress scenarios as tests")
+    group.addoption("--walstress-scenarios", action="append", default=[], metavar="FILE",
+                    help="scenario TOML file to collect, one test item per matrix cell (repeatable)")
+    group.addoption("--walstress-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a key of the collected scenario files (repeatable)")
+    group.addoption("--walstress-duration", default=None, metavar="SECONDS",
+                    help='run length for the collected scenario files, e.g. 5 or "500ms"')
+    group.addoption("--walstress-repeat", type=int, default=None, metavar="N",
+                    help="runs per cell for the collected scenario files")
+    group.addoption("--walstress-out", default=None, metavar="DIR",
+                    help="keep the run dirs of collected scenario files under DIR (default: pytest's tmp dirs)")
+    group.addoption("--walstress-cache-dir", default=None, metavar="DIR",
+                    help="template cache (default: $WALSTRESS_CACHE_DIR, else one per test session)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        f"{MARKER}(scenario, *overrides, expect=None, duration=None, repeat=None): run a walstress "
+        "scenario (file or dict) before the test; fail unless every cell matches expect",
+    )
+    config.pluginmanager.register(_Summary(), "walstress-summary")
+    extra = [str(p) for p in config.getoption("walstress_scenarios") or []]
+    if extra:
+        explicit = getattr(config, "args_source", None) == pytest.Config.ArgsSource.ARGS
+        args = list(config.args) if explicit else []
+        for name in extra:
+            if name not in args:
+                args.append(name)
+        config.args[:] = args
+    config.stash[_REQUESTED] = _requested_files(config)
+
+
+def _requested_files(config: pytest.Config) -> set[Path]:
+    """The .toml files named on the command line (and by --walstress-scenarios), resolved."""
+    base = config.invocation_params.dir
+    found: set[Path] = set()
+    for arg in list(config.args) + list(config.getoption("walstress_scenarios") or []):
+        path_part = str(arg).split("::", 1)[0]
+        if not path_part.endswith(".toml"):
+            continue
+        path = Path(path_part)
+        if not path.is_absolute():
+            path = base / path
+        found.add(path.resolve())
+    return found
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    if not config.stash.get(_REQUESTED, None):
+        return None
+    from walstress import __version__
+
+    return f"walstress {__version__}, SQLite {sqlite3.sqlite_version} (python stdlib)"
+
+
+# ------------------------------------------------------------ shared helpers
+def _tmp_factory(config: pytest.Config) -> pytest.TempPathFactory:
+    return config._tmp_path_factory  # type: ignore[attr-defined]
+
+
+def template_cache_dir(config: pytest.Config) -> Path:
+    """One template cache per test session, shared by the xdist workers of that session."""
+    cached = config.stash.get(_CACHE_DIR, None)
+    if cached is not None:
+        return cached
+    explicit = config.getoption("walstress_cache_dir") or os.environ.get("WALSTRESS_CACHE_DIR")
+    if explicit:
+        path = Path(explicit)
+    else:
+        base = _tmp_factory(config).getbasetemp()
+        if hasattr(config, "workerinput"):  # an xdist worker's basetemp is <session dir>/popen-gwN
+            base = base.parent
+        path = base / "walstress-cache"
+    path.mkdir(parents=True, exist_ok=True)
+    config.stash[_CACHE_DIR] = path
+    return path
+
+
+def _safe_name(text: str, limit: int = 40) -> str:
+    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", text)[:limit] or "walstress"
+
+
+def _resolve_source(source: Any, anchors: list[Path]) -> Any:
+    """A dict as is; a relative path tried against each anchor folder in turn."""
+    if isinstance(source, dict):
+        return source
+    path = Path(source)
+    if path.is_absolute():
+        return path
+    for anchor in anchors:
+        candidate = anchor / path
+        if candidate.exists():
+            return candidate
+    return path
+
+
+def _overrides(overrides: tuple | list, expect: str | None) -> list[str]:
+    items = [str(o) for o in overrides]
+    if expect is not None:
+        items.append(f"expect={expect}")
+    return items
+
+
+def _duration(value: Any) -> float | None:
+    if value is None:
+        return None
+    from walstress.scenario import parse_duration_seconds
+
+    return parse_duration_seconds(value)
+
+
+def _run_scenario(config: pytest.Config, source: Any, overrides: list[str], out_dir: Path, *,
+                  duration: Any = None, repeat: int | None = None, cell_index: int | None = None) -> Result:
+    """Run a scenario (or one of its cells) into out_dir with the session's template cache."""
+    from walstress.api import load_scenario
+    from walstress.matrix import run_scenario
+
+    scenario = load_scenario(source, overrides)
+    cells_filter = None
+    if cell_index is not None:
+        def cells_filter(cells: list) -> list:
+            return [cell for cell in cells if cell.index == cell_index]
+    data = run_scenario(scenario, out_dir, repeat=repeat, duration=_duration(duration),
+                        cache_dir=template_cache_dir(config), cells_filter=cells_filter)
+    return Result(data=data, path=Path(out_dir) / "results.json")
+
+
+def _matches(cell: dict[str, Any], expect: str | None) -> bool:
+    if expect is None:
+        return bool(cell["matches_expect"])
+    from walstress.matrix import cell_matches
+
+    return cell_matches(expect, cell.get("expect_fraction", 1.0), cell["results"])[1]
+
+
+def mismatch_message(result: Result, expect: str | None = None) -> str | None:
+    """None when every cell matches its expectation; else a message naming every run dir."""
+    cells = result.cells
+    bad = [cell for cell in cells if not _matches(cell, expect)]
+    if cells and not bad:
+        return None
+    scenario = result.data.get("scenario", {}).get("name", "?")
+    if not cells:
+        return f"walstress: scenario {scenario} ran no cell; results: {result.path}"
+    lines = [f"walstress: {len(bad)} of {len(cells)} cell(s) of scenario {scenario} did not match the expectation"]
+    from walstress.verdict import matches
+
+    for cell in bad:
+        wanted = expect or cell["expect"]
+        counts = ", ".join(f"{cell[k]} {k}" for k in ("clean", "corrupt", "lost", "errors") if cell.get(k))
+        lines.append(f"  {cell['cell_id']} [{cell['label']}]: expected {wanted}, got {counts or 'no runs'}")
+        for run in cell["results"]:
+            flag = "  " if matches(wanted, run["verdict"]) else "! "
+            lines.append(f"   {flag}{run['verdict']}: {run['reason']}")
+            lines.append(f"     run dir: {run['run_dir']}")
+    lines.append(f"  results: {result.path}")
+    return "\n".join(lines)
+
+
+def _cell_properties(cell: dict[str, Any], scenario: str, prefix: str) -> list[tuple[str, object]]:
+    runs = cell["results"]
+    versions = sorted({v for run in runs for v in run.get("sqlite", {}).get("worker_versions", [])})
+    p99s = [run.get("latency_ms", {}).get("write", {}).get("p99_ms") for run in runs]
+    p99s = [p for p in p99s if p is not None]
+    values: list[tuple[str, object]] = [
+        ("scenario", scenario),
+        ("cell", f"{cell['cell_id']} {cell['label']}"),
+        ("expect", cell["expect"]),
+        ("verdict", ",".join(run["verdict"] for run in runs)),
+        ("matches_expect", bool(cell["matches_expect"])),
+        ("sqlite_version", ",".join(versions) or "unknown"),
+        ("runs", cell["runs"]),
+        ("acked_writes", sum(run["writes"]["acked"] for run in runs)),
+        ("lost_writes", sum(run["writes"]["lost"] for run in runs)),
+        ("wal_peak_bytes", cell.get("wal_peak_bytes", 0)),
+        ("checkpoints", sum(run.get("checkpoints", {}).get("count", 0) for run in runs)),
+        ("write_p99_ms", max(p99s) if p99s else ""),
+        ("run_dir", ",".join(run["run_dir"] for run in runs)),
+    ]
+    return [(f"{PROPERTY_PREFIX}{prefix}{name}", value) for name, value in values]
+
+
+def record_result(item: pytest.Item, result: Result) -> None:
+    """Attach verdicts and key numbers to the item's report (JUnit XML properties too).
+
+    A result judged again (same results.json) replaces what its first judgement attached.
+    """
+    results: dict[str, Result] = item.stash.setdefault(_RESULTS, {})
+    results[str(result.path)] = result
+    kept = [(name, value) for name, value in item.user_properties
+            if not (isinstance(name, str) and name.startswith(PROPERTY_PREFIX))]
+    for each in results.values():
+        scenario = each.data.get("scenario", {}).get("name", "?")
+        for cell in each.cells:
+            prefix = "" if len(each.cells) == 1 else f"{cell['cell_id']}_"
+            kept.extend(_cell_properties(cell, scenario, prefix))
+        kept.append((f"{PROPERTY_PREFIX}results", str(each.path)))
+    item.user_properties[:] = kept
+
+
+def _fail_if_mismatch(result: Result, expect: str | None = None) -> None:
+    message = mismatch_message(result, expect)
+    if message is not None:
+        pytest.fail(message, pytrace=False)
+
+
+# ------------------------------------------------------------------ fixtures
+class WalstressRunner:
+    """The ``walstress_run`` fixture: run scenarios inside a test."""
+
+    def __init__(self, item: pytest.Item, tmp_path: Path):
+        self._item = item
+        self._tmp_path = tmp_path
+        self._count = 0
+
+    def __call__(self, source: str | Path | dict, *overrides: str, expect: str | None = None,
+                 duration: Any = None, repeat: int | None = None, check: bool = True) -> Result:
+        anchors = [Path(str(self._item.path)).parent, self._item.config.rootpath,
+                   self._item.config.invocation_params.dir]
+        self._count += 1
+        out_dir = self._tmp_path / f"walstress-{self._count}"
+        result = _run_scenario(self._item.config, _resolve_source(source, anchors),
+                               _overrides(overrides, expect), out_dir, duration=duration, repeat=repeat)
+        record_result(self._item, result)
+        if check:
+            _fail_if_mismatch(result)
+        return result
+
+    def check(self, result: Result, expect: str | None = None) -> Result:
+        """Fail the test unless every cell matches ``expect`` (default: each cell's own)."""
+        _fail_if_mismatch(result, expect)
+        return result
+
+    def rejudge(self, result: Result) -> Result:
+        """Judge every run of a finished result again from its run dirs (history + database)."""
+        from walstress.judge import judge_run
+        from walstress.matrix import rejudge_dir
+
+        data = rejudge_dir(result.path.parent, judge_run)
+        fresh = Result(data=data, path=result.path)
+        record_result(self._item, fresh)
+        return fresh
+
+
+@pytest.fixture
+def walstress_run(request: pytest.FixtureRequest, tmp_path: Path) -> WalstressRunner:
+    """Run a walstress scenario (file or dict, with overrides) in the test's tmp dir."""
+    return WalstressRunner(request.node, tmp_path)
+
+
+@pytest.fixture
+def walstress_template(request: pytest.FixtureRequest, tmp_path: Path):
+    """``walstress_template(schema="minimal", pages=2000, page_size=4096, seed=0, copy=False)`` -> Path."""
+    config = request.config
+    copies = iter(range(1, 1_000_000))
+
+    def get(schema: str = "minimal", pages: int = 2000, page_size: int = 4096, seed: int = 0, *,
+            copy: bool = False) -> Path:
+        from walstress.database.template import copy_template, get_template
+
+        path, _built = get_template(schema=schema, pages=pages, page_size=page_size, seed=seed,
+                                    cache_dir=template_cache_dir(config))
+        if not copy:
+            return path
+        dest = tmp_path / f"template-{next(copies)}-{path.name}"
+        copy_template(path, dest)
+        return dest
+
+    return get
+
+
+def _marker_result(item: pytest.Item) -> Result:
+    """Run the scenario of the item's walstress marker once; later calls reuse the result."""
+    cached = item.stash.get(_MARKER_RESULT, None)
+    if cached is not None:
+        return cached
+    marker = item.get_closest_marker(MARKER)
+    if marker is None or not marker.args:
+        raise pytest.UsageError(f"{item.nodeid}: @pytest.mark.{MARKER} needs a scenario (file or dict)")
+    source, *positional = marker.args
+    known = {"expect", "overrides", "set", "duration", "repeat"}
+    unknown = set(marker.kwargs) - known
+    if unknown:
+        raise pytest.UsageError(f"{item.nodeid}: @pytest.mark.{MARKER}: unknown argument(s) "
+                                f"{', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
+    overrides = list(positional) + list(marker.kwargs.get("overrides", ())) + list(marker.kwargs.get("set", ()))
+    anchors = [Path(str(item.path)).parent, item.config.rootpath, item.config.invocation_params.dir]
+    out_dir = _tmp_factory(item.config).mktemp(f"walstress-{_safe_name(item.name)}-", numbered=True)
+    result = _run_scenario(item.config, _resolve_source(source, anchors),
+                           _overrides(overrides, marker.kwargs.get("expect")), out_dir,
+                           duration=marker.kwargs.get("duration"), repeat=marker.kwargs.get("repeat"))
+    record_result(item, result)
+    item.stash[_MARKER_RESULT] = result
+    return result
+
+
+@pytest.fixture
+def walstress_result(request: pytest.FixtureRequest) -> Result:
+    """The result of the test's ``@pytest.mark.walstress`` scenario."""
+    if request.node.get_closest_marker(MARKER) is None:
+        raise pytest.UsageError(f"{request.node.nodeid}: walstress_result needs @pytest.mark.{MARKER}(...)")
+    return _marker_result(request.node)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_call(item: pytest.Item) -> None:
+    """A marked test fails before its body runs when a verdict differs from the expectation."""
+    if isinstance(item, pytest.Function) and item.get_closest_marker(MARKER) is not None:
+        _fail_if_mismatch(_marker_result(item))
+
+
+# ------------------------------------------------- scenario files as test items
+def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
+    if file_path.suffix != ".toml":
+        return None
+    requested = parent.config.stash.get(_REQUESTED, set())
+    if not requested or file_path.resolve() not in requested:
+        return None
+    return ScenarioFile.from_parent(parent, path=file_path)
+
+
+class ScenarioFile(pytest.File):
+    """A scenario TOML file: one item per matrix cell."""
+
+    def _overrides(self) -> list[str]:
+        return [str(o) for o in self.config.getoption("walstress_set") or []]
+
+    def collect(self) -> Iterator[pytest.Item]:
+        from walstress.api import load_scenario
+        from walstress.errors import WalstressError
+        from walstress.scenario import expand_matrix
+
+        try:
+            cells = expand_matrix(load_scenario(self.path, self._overrides()))
+        except WalstressError as exc:
+            raise self.CollectError(str(exc)) from None
+        for cell in cells:
+            label = _safe_name(cell.label.replace(" ", ","), limit=80) if cell.params else ""
+            name = f"{cell.cell_id}[{label}]" if label else cell.cell_id
+            yield ScenarioCell.from_parent(self, name=name, cell_index=cell.index, label=cell.label,
+                                           expect=cell.scenario.expect)
+
+
+class ScenarioCell(pytest.Item):
+    """One matrix cell of a scenario file: its runs, judged against its ``expect``."""
+
+    def __init__(self, *, cell_index: int, label: str, expect: str, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.cell_index = cell_index
+        self.label = label
+        self.expect = expect
+
+    def _out_dir(self) -> Path:
+        stem = _safe_name(f"{self.path.stem}-cell-{self.cell_index:03d}", limit=60)
+        root = self.config.getoption("walstress_out")
+        if not root:
+            return _tmp_factory(self.config).mktemp(f"{stem}-", numbered=True)
+        base = Path(root)
+        base.mkdir(parents=True, exist_ok=True)
+        for suffix in range(1000):
+            candidate = base / (stem if suffix == 0 else f"{stem}-{suffix}")
+            try:
+                candidate.mkdir()
+                return candidate
+            except FileExistsError:
+                continue
+        raise RuntimeError(f"no free run folder for {stem} under {base}")
+
+    def runtest(self) -> None:
+        parent = self.parent
+        assert isinstance(parent, ScenarioFile)
+        result = _run_scenario(self.config, self.path, parent._overrides(), self._out_dir(),
+                               duration=self.config.getoption("walstress_duration"),
+                               repeat=self.config.getoption("walstress_repeat"), cell_index=self.cell_index)
+        record_result(self, result)
+        _fail_if_mismatch(result)
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
+        from walstress.errors import WalstressError
+
+        if isinstance(excinfo.value, pytest.fail.Exception):
+            return str(excinfo.value)
+        if isinstance(excinfo.value, WalstressError):  # a scenario or environment problem: no traceback
+            return f"walstress: {excinfo.value}"
+        return super().repr_failure(excinfo)
+
+    def reportinfo(self) -> tuple[Path, int | None, str]:
+        return self.path, None, f"walstress {self.path.name}::{self.name} (expect {self.expect})"
+
+
+# --------------------------------------------------------------- reporting
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Any:
+    outcome = yield
+    report = outcome.get_result()
+    results = item.stash.get(_RESULTS, None)
+    if not results or not report.failed:
+        return
+    text = str(report.longrepr) if report.longrepr is not None else ""
+    dirs = [run["run_dir"] for result in results.values() for run in result.runs if run["run_dir"] not in text]
+    if dirs:  # a failure the plugin did not word itself (e.g. an assert on the numbers)
+        block = "\n".join(f"run dir: {d}" for d in dirs)
+        if hasattr(report.longrepr, "addsection"):
+            report.longrepr.addsection("walstress run dirs", block)
+        else:
+            report.longrepr = f"{text}\n{block}"
+
+
+class _Summary:
+    """Collects one line per walstress test report (on the xdist controller too) for the summary."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.when != "call":
+            return
+        props = {name[len(PROPERTY_PREFIX):]: value for name, value in report.user_properties
+                 if isinstance(name, str) and name.startswith(PROPERTY_PREFIX)}
+        if "verdict" not in props:
+            return
+        self.lines.append(
+            f"{report.nodeid}: {props['verdict']} (expect {props.get('expect')}, "
+            f"SQLite {props.get('sqlite_version')}, acked {props.get('acked_writes')}, "
+            f"lost {props.get('lost_writes')}, WAL peak {props.get('wal_peak_bytes')} B) "
+            f"{props.get('run_dir')}")
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if self.lines:
+            terminalreporter.section("walstress")
+            for line in self.lines:
+                terminalreporter.write_line(line)
