@@ -108,7 +108,7 @@ def test_slow_fsync_delays_each_sync(tmp_path, cache_dir):
 
 @pytest.mark.skipif(fsync_fault.find_eatmydata() is None, reason="libeatmydata is not installed")
 def test_noop_fsync_with_the_stdlib_driver_preloads_eatmydata():
-    from walstress.scenario import scenario_from_dict
+    from walstress.catalog import scenario_from_dict
 
     scenario = scenario_from_dict(io_scenario(driver="stdlib", faults={"fsync": {"mode": "noop"}}))
     env = scenario.faults["fsync"].worker_env("writer-0", "writer")

@@ -19,7 +19,8 @@ from walstress import run
 from walstress.cli import main as cli_main
 from walstress.history import read_history, read_records
 from walstress.ledger import read_ledger
-from walstress.scenario import expand_matrix, scenario_from_dict
+from walstress.catalog import scenario_from_dict
+from walstress.scenario import expand_matrix
 
 DURATION_S = 4.0
 
@@ -87,7 +88,7 @@ def test_restart_is_a_new_incarnation_with_its_own_files(faulted):
         stem = f"writer-0.i{restart['detail']['incarnation']}"
         assert restart["target"] == "writer-0" and restart["detail"]["spec"] == f"{stem}.json"
         spec = json.loads((run_dir / "specs" / f"{stem}.json").read_text())
-        assert spec["name"] == "writer-0" and spec["ledger_name"] == stem
+        assert spec["name"] == "writer-0" and spec["incarnation"] == restart["detail"]["incarnation"]
         assert (run_dir / "history" / f"{stem}.jsonl").exists()
     # a new process ran the spec: it wrote its own history (and ledger, once set up) ...
     started = [r for r in read_records(run_dir / "history" / "writer-0.i1.jsonl") if r.get("type") == "worker_start"]

@@ -9,7 +9,7 @@ import pytest
 from walstress.checks.ledger import check_ledger
 from walstress.errors import ScenarioError
 from walstress.ledger import content_crc
-from walstress.scenario import scenario_from_dict
+from walstress.catalog import scenario_from_dict
 
 
 def make_db(path, rows):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from walstress import cli
-from walstress.matrix import load_results, merge_results, parse_shard
+from walstress.runner import load_results, merge_results, parse_shard
 
 SCENARIO = """
 name = "shard-me"
@@ -146,7 +146,7 @@ def test_bad_shard_argument_exits_2(tmp_path, capsys):
 
 
 def test_summary_counts_and_time_to_first_failure():
-    from walstress.matrix import summarize_cell
+    from walstress.runner import summarize_cell
 
     runs = [{"verdict": "clean", "duration_s": 2.0}, {"verdict": "lost-writes", "duration_s": 1.5},
             {"verdict": "corrupt", "duration_s": 3.0}, {"verdict": "errors", "duration_s": 1.0}]

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from walstress.pytest_plugin import template_cache_dir
-from walstress.scenario import tomllib
+from walstress.settings import tomllib
 
 pytest_plugins = ("pytester",)
 

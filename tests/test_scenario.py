@@ -12,15 +12,9 @@ from hypothesis import strategies as st
 
 from walstress.cli import main as cli_main
 from walstress.errors import ScenarioError
-from walstress.scenario import (
-    apply_overrides,
-    expand_matrix,
-    known_keys,
-    load_scenario,
-    parse_duration_seconds,
-    parse_size_bytes,
-    scenario_from_dict,
-)
+from walstress.catalog import known_keys, load_scenario, scenario_from_dict
+from walstress.scenario import apply_overrides, expand_matrix
+from walstress.settings import parse_duration_seconds, parse_size_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
 

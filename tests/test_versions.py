@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from walstress import cli, matrix
+from walstress import cli, runner
 from walstress.api import load_scenario
-from walstress.matrix import run_scenario
+from walstress.runner import run_scenario
 from walstress.sqlite.versions import apsw_releases, ensure_apsw, installed_version_dir, versions_between
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -91,7 +91,7 @@ def test_workers_report_the_version_they_loaded(apsw_3513, tmp_path):
 def test_a_worker_loading_another_version_is_an_error(apsw_3513, tmp_path, monkeypatch):
     # A broken install: the folder for 3.51.2 really holds 3.51.3. The worker
     # checks what it loaded; the judge turns the mismatch into "errors".
-    monkeypatch.setattr(matrix, "sqlite_paths_for", lambda scenario: [str(apsw_3513)])
+    monkeypatch.setattr(runner, "sqlite_paths_for", lambda scenario: [str(apsw_3513)])
     scenario = load_scenario(dict(TINY), ["sqlite.version=3.51.2"])
     results = run_scenario(scenario, tmp_path / "out")
     run = results["cells"][0]["results"][0]
@@ -118,8 +118,8 @@ def test_wal_reset_race_role_runs_its_rounds(cache_dir, tmp_path):
     """
     scenario = load_scenario(PROJECT / "scenarios" / "wal-reset-race.toml",
                              ["sqlite=stdlib", "database.pages=300", "workers.wal-reset-race.rounds=15",
-                              "workers.wal-reset-race.stop_on_loss=false"])
-    results = run_scenario(scenario, tmp_path / "race", repeat=1, duration=20.0)
+                              "workers.wal-reset-race.stop_on_loss=false", "duration=20"])
+    results = run_scenario(scenario, tmp_path / "race", repeat=1)
     run = results["cells"][0]["results"][0]
     assert run["verdict"] in ("clean", "lost-writes"), run["reason"]
     assert run["ledger"]["acked_transactions"] == 30  # two canaries per round
@@ -147,8 +147,8 @@ def test_wal_reset_race_loses_a_write_on_the_system_sqlite(cache_dir, tmp_path):
     if version >= (3, 51, 3) or version in ((3, 50, 7), (3, 44, 6)):
         pytest.skip(f"system SQLite {sqlite3.sqlite_version} has the WAL-reset fix")
     scenario = load_scenario(PROJECT / "scenarios" / "wal-reset-race.toml",
-                             ["sqlite=stdlib", "workers.wal-reset-race.rounds=0"])
-    results = run_scenario(scenario, tmp_path / "race", repeat=1, duration=30.0)
+                             ["sqlite=stdlib", "workers.wal-reset-race.rounds=0", "duration=30"])
+    results = run_scenario(scenario, tmp_path / "race", repeat=1)
     run = results["cells"][0]["results"][0]
     assert run["verdict"] == "lost-writes", run["reason"]
     assert run["integrity"]["ok"]  # the damage is a lost write, invisible to integrity_check
@@ -160,8 +160,8 @@ def test_wal_reset_race_loses_a_write_on_the_system_sqlite(cache_dir, tmp_path):
 def test_wal_reset_race_differential_3_51_2_vs_3_51_3(cache_dir, tmp_path):
     """The fix, seen from outside: 3.51.2 loses a canary, 3.51.3 stays clean for 200 rounds."""
     scenario = load_scenario(PROJECT / "scenarios" / "wal-reset-race.toml",
-                             ['sqlite=["3.51.2", "3.51.3"]', "workers.wal-reset-race.rounds=200"])
-    results = run_scenario(scenario, tmp_path / "race", repeat=1, duration=60.0)
+                             ['sqlite=["3.51.2", "3.51.3"]', "workers.wal-reset-race.rounds=200", "duration=60"])
+    results = run_scenario(scenario, tmp_path / "race", repeat=1)
     verdicts = {c["params"]["sqlite"]: c["results"][0]["verdict"] for c in results["cells"]}
     assert verdicts == {"3.51.2": "lost-writes", "3.51.3": "clean"}
     assert results["ok"]

@@ -12,6 +12,6 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from walstress.api import Result, Scenario, load_scenario, run  # noqa: E402
+from walstress.api import Result, Scenario, judge, load_scenario, run  # noqa: E402
 
-__all__ = ["Result", "Scenario", "load_scenario", "run", "__version__"]
+__all__ = ["Result", "Scenario", "judge", "load_scenario", "run", "__version__"]

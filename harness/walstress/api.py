@@ -1,4 +1,4 @@
-"""The public API behind ``walstress/__init__.py``."""
+"""The public API behind ``walstress/__init__.py``: load a scenario, run it, judge a run dir."""
 
 from __future__ import annotations
 
@@ -7,7 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from walstress.scenario import Scenario, apply_overrides, load_scenario as _load_file, scenario_from_dict
+from walstress import catalog
+from walstress.judge import judge_run
+from walstress.runner import run_scenario
+from walstress.scenario import Scenario, apply_overrides
 
 
 @dataclass
@@ -37,25 +40,33 @@ class Result:
 def load_scenario(source: str | Path | dict, overrides: list[str] | None = None) -> Scenario:
     """A scenario from a TOML file or a dict, with ``KEY=VALUE`` overrides applied."""
     if isinstance(source, dict):
-        scenario = scenario_from_dict(source, source="<dict>", default_name=str(source.get("name", "scenario")))
+        scenario = catalog.scenario_from_dict(source, default_name=str(source.get("name", "scenario")))
         apply_overrides(scenario, overrides or [])
         return scenario
-    return _load_file(source, overrides)
+    return catalog.load_scenario(source, overrides)
 
 
 def run(scenario: Scenario | str | Path | dict, out_dir: str | Path | None = None, *,
-        overrides: list[str] | None = None, repeat: int | None = None, duration: float | None = None,
+        overrides: list[str] | None = None, repeat: int | None = None, duration: float | str | None = None,
         cache_dir: str | Path | None = None, console: Any = None,
         shard: tuple[int, int] | None = None) -> Result:
-    """Run every cell of a scenario; returns the parsed results.json."""
-    from walstress.matrix import run_scenario
+    """Run every cell of a scenario; returns the parsed results.json.
 
+    ``duration`` is the same as the override ``duration=...`` (seconds, or a text such as "500ms").
+    """
+    overrides = list(overrides or [])
+    if duration is not None:
+        overrides.append(f"duration={duration}")
     if not isinstance(scenario, Scenario):
         scenario = load_scenario(scenario, overrides)
     elif overrides:
         apply_overrides(scenario, overrides)
     if out_dir is None:
         out_dir = Path("reports") / f"{scenario.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    data = run_scenario(scenario, out_dir, repeat=repeat, duration=duration, cache_dir=cache_dir, console=console,
-                        shard=shard)
+    data = run_scenario(scenario, out_dir, repeat=repeat, cache_dir=cache_dir, console=console, shard=shard)
     return Result(data=data, path=Path(out_dir) / "results.json")
+
+
+def judge(run_dir: str | Path) -> dict[str, Any]:
+    """Judge one run dir again (cell-NNN/run-NNN); returns its run.json."""
+    return judge_run(run_dir)

@@ -28,12 +28,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from walstress.controller import RunContext, prepare_database, write_worker_specs
+from walstress.catalog import scenario_from_dict
+from walstress.controller import build_specs, prepare_database
 from walstress.database.corpus import Corpus
 from walstress.database.template import get_template
 from walstress.history import HistoryWriter
-from walstress.scenario import scenario_from_dict
-from walstress.workers.roles import Writer, WorkerContext
+from walstress.layout import RunLayout
+from walstress.runspec import WorkerSpec
+from walstress.workers.base import WorkerContext
+from walstress.workers.writer import Writer, WriterSettings
 
 
 def _scenario(pages: int, batch: int) -> Any:
@@ -62,9 +65,9 @@ def _bare_block(db_path: Path, corpus: Corpus, transactions: int, batch: int) ->
         conn.close()
 
 
-def _harness_block(spec: dict, history_path: Path, transactions: int) -> float:
+def _harness_block(spec: WorkerSpec, history_path: Path, transactions: int) -> float:
     history = HistoryWriter(history_path)
-    ctx = WorkerContext(spec=spec, history=history, stop=threading.Event())
+    ctx = WorkerContext(spec=spec, settings=WriterSettings(**spec.settings), history=history, stop=threading.Event())
     writer = Writer(ctx, 0)
     writer.setup()
     try:
@@ -85,13 +88,11 @@ def measure_overhead(*, pages: int = 2000, transactions: int = 300, blocks: int 
     template, _ = get_template(schema="minimal", pages=pages, page_size=4096, seed=0, cache_dir=cache_dir)
     with tempfile.TemporaryDirectory(prefix="walstress-bench-") as tmp:
         run_dir = Path(tmp)
-        db_path = run_dir / "db" / "state.db"
-        history = HistoryWriter(run_dir / "history" / "controller.jsonl")
-        ctx = RunContext(scenario=scenario, run_dir=run_dir, db_path=db_path, history=history)
+        layout = RunLayout(run_dir)
+        layout.make_dirs()
+        db_path = layout.db_path
         facts = prepare_database(template, db_path, scenario)
-        write_worker_specs(ctx, facts, seed=1, sqlite_paths=[])
-        history.close()
-        spec = json.loads(ctx.workers[0].spec_path.read_text())
+        spec = build_specs(scenario, layout, facts, seed=1, sqlite_paths=[], pragmas=[])[0]
         corpus = Corpus(1)
         bare: list[float] = []
         harness: list[float] = []

@@ -20,7 +20,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from walstress.errors import UsageError
-from walstress.scenario import Scenario, load_scenario
+from walstress.catalog import load_scenario
+from walstress.runner import run_scenario
+from walstress.scenario import Scenario
 from walstress.sqlite.versions import available_versions, parse_version, versions_between
 
 __all__ = ["BACKPORT_NOTE", "BACKPORTED_FIX_VERSIONS", "bisect_versions", "outcome_of", "parse_range"]
@@ -82,14 +84,12 @@ def _scenario_for(path: str | Path, overrides: list[str], version: str) -> Scena
 
 
 def bisect_versions(scenario_path: str | Path, versions: str, *, overrides: list[str] | None = None,
-                    repeat: int | None = None, duration: float | None = None, out_dir: str | Path | None = None,
+                    repeat: int | None = None, out_dir: str | Path | None = None,
                     cache_dir: str | Path | None = None, console: Any = None,
                     say: Callable[[str], None] = print,
                     runner: Callable[..., dict[str, Any]] | None = None,
                     known_versions: list[str] | None = None) -> dict[str, Any]:
     """Run the search; print the evidence as it comes; write ``bisect.json``; return its content."""
-    from walstress.matrix import run_scenario
-
     runner = runner or run_scenario
     overrides = list(overrides or [])
     low, high = parse_range(versions)
@@ -121,7 +121,7 @@ def bisect_versions(scenario_path: str | Path, versions: str, *, overrides: list
     def evaluate(version: str) -> str:
         scenario = _scenario_for(scenario_path, overrides, version)
         folder = out / f"sqlite-{version}"
-        results = runner(scenario, folder, repeat=repeat, duration=duration, cache_dir=cache_dir, console=console)
+        results = runner(scenario, folder, repeat=repeat, cache_dir=cache_dir, console=console)
         entry = {"version": version, **outcome_of(results), "results": str(folder / "results.json"),
                  "order": len(tried) + 1}
         tried[version] = entry

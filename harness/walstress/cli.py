@@ -37,7 +37,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="override a scenario key (a [list] makes it a matrix axis)")
     run.add_argument("--out", help="output folder (default reports/<name>-<time>)")
     run.add_argument("--repeat", type=int, help="runs per cell (overrides the scenario's repeat)")
-    run.add_argument("--duration", help='run length per run, e.g. 30, "30s", "500ms"')
+    run.add_argument("--duration", help='run length per run, e.g. 30, "30s", "500ms" (the same as --set duration=...)')
     run.add_argument("--cache-dir", help="template cache folder")
     run.add_argument("--json", action="store_true", help="print results.json on stdout")
     run.add_argument("--quiet", action="store_true", help="no progress output")
@@ -69,7 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     bisect.add_argument("--versions", required=True, metavar="A..B", help="SQLite versions to search, e.g. 3.50.0..3.54.1")
     bisect.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     bisect.add_argument("--repeat", type=int, help="runs per version (default: the scenario's repeat)")
-    bisect.add_argument("--duration", help="run length per run")
+    bisect.add_argument("--duration", help="run length per run (the same as --set duration=...)")
     bisect.add_argument("--out", help="output folder (default reports/bisect-<name>-<time>)")
     bisect.add_argument("--cache-dir", help="template cache folder")
     bisect.add_argument("--quiet", action="store_true", help="no progress output of the runs")
@@ -79,40 +79,32 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _duration_arg(text: str | None) -> float | None:
-    """--duration in seconds (None when not given); UsageError when it is not a duration."""
-    from walstress.scenario import parse_duration_seconds
-
-    if text is None:
-        return None
-    try:
-        return parse_duration_seconds(text)
-    except ValueError as exc:
-        raise UsageError(f"--duration {text!r}: expected {exc}") from None
+def _overrides(args: argparse.Namespace) -> list[str]:
+    """--set KEY=VALUE arguments, with --duration X as the override duration=X."""
+    overrides = list(args.overrides)
+    if getattr(args, "duration", None) is not None:
+        overrides.append(f"duration={args.duration}")
+    return overrides
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from walstress.api import load_scenario, run
     from walstress.console import Console, summary_table
 
-    scenario = load_scenario(args.scenario, args.overrides)
-    duration = _duration_arg(args.duration)
-    if duration is not None and duration <= 0:
-        raise UsageError("--duration must be positive")
+    scenario = load_scenario(args.scenario, _overrides(args))
     if args.repeat is not None and args.repeat < 1:
         raise UsageError("--repeat must be at least 1")
     out = Path(args.out) if args.out else Path("reports") / f"{scenario.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     console = Console(sys.stderr, quiet=args.quiet)
     shard = None
     if args.shard:
-        from walstress.matrix import parse_shard
+        from walstress.runner import parse_shard
 
         try:
             shard = parse_shard(args.shard)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
-    result = run(scenario, out, repeat=args.repeat, duration=duration, cache_dir=args.cache_dir, console=console,
-                 shard=shard)
+    result = run(scenario, out, repeat=args.repeat, cache_dir=args.cache_dir, console=console, shard=shard)
     _after_run(result.data, out)
     if args.json:
         print(json.dumps(result.data, indent=1, default=str))
@@ -165,13 +157,12 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from walstress.judge import judge_run
-    from walstress.matrix import rejudge_dir
+    from walstress.runner import rejudge_dir
 
     target = Path(args.run_dir)
     if not target.exists():
         raise UsageError(f"{target}: no such run dir")
-    data = rejudge_dir(target, judge_run)
+    data = rejudge_dir(target)
     _after_run(data, target)
     if args.json:
         print(json.dumps(data, indent=1, default=str))
@@ -188,7 +179,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_merge(args: argparse.Namespace) -> int:
-    from walstress.matrix import merge_results
+    from walstress.runner import merge_results
 
     try:
         data = merge_results(args.dirs, args.out)
@@ -212,18 +203,17 @@ def _cmd_bisect(args: argparse.Namespace) -> int:
     from walstress.bisect import bisect_versions
     from walstress.console import Console
 
-    duration = _duration_arg(args.duration)
     if args.repeat is not None and args.repeat < 1:
         raise UsageError("--repeat must be at least 1")
-    outcome = bisect_versions(args.scenario, args.versions, overrides=args.overrides, repeat=args.repeat,
-                              duration=duration, out_dir=args.out, cache_dir=args.cache_dir,
+    outcome = bisect_versions(args.scenario, args.versions, overrides=_overrides(args), repeat=args.repeat,
+                              out_dir=args.out, cache_dir=args.cache_dir,
                               console=Console(sys.stderr, quiet=args.quiet), say=print)
     return EXIT_OK if outcome.get("first_changed") else EXIT_MISMATCH
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
     from walstress.explain import explain
-    from walstress.matrix import load_results
+    from walstress.runner import load_results
 
     path = Path(args.results)
     if not (path / "results.json" if path.is_dir() else path).is_file():

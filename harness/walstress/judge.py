@@ -1,7 +1,10 @@
-"""Judge a run dir: history + final database -> run.json with a verdict.
+"""Judge a run dir: what the run left -> findings -> one verdict -> run.json.
 
-Reads only what the run left on disk, so a run can be judged again later,
-also when its controller died half way (the result is then marked partial).
+Reads only the run dir (history, ledger, specs, database), so a run can be
+judged again later, also when its controller died half way (the result is
+then marked partial). Every registered check (``checks/registry.py``) and
+every fault's judge hook (``faults/registry.py``) adds its findings; the
+verdict is composed from them by the one rule of ``checks/findings.py``.
 """
 
 from __future__ import annotations
@@ -11,26 +14,26 @@ import time
 from pathlib import Path
 from typing import Any
 
-from walstress.checks.integrity import run_integrity
-from walstress.checks.ledger import check_ledger
+from walstress.checks.findings import Finding, RunEvidence, compose
+from walstress.checks.registry import CHECKS
+from walstress.faults.registry import JUDGE_HOOKS
 from walstress.faults.summary import summarize_faults
 from walstress.history import by_type, read_history
+from walstress.layout import RunLayout
 from walstress.metrics import summarize_history
-from walstress.verdict import decide
-
-DB_RELATIVE = Path("db") / "state.db"
-INTEGRITY_LINES_IN_RESULT = 50
+from walstress.runspec import read_specs
 
 
-def _worker_report(records: list[dict[str, Any]], spec_dir: Path) -> tuple[list[dict], list[str]]:
+def _worker_report(records: list[dict[str, Any]], layout: RunLayout) -> tuple[list[dict], list[str]]:
     """Per worker: role, pid, SQLite version really loaded, exit code; and the problems seen."""
     workers: dict[str, dict[str, Any]] = {}
-    for spec_path in sorted(spec_dir.glob("*.json")):
-        spec = json.loads(spec_path.read_text())
-        workers[spec["name"]] = {"name": spec["name"], "role": spec["role"], "threads": spec["worker"]["threads"],
-                                 "expected_sqlite_version": spec.get("expected_sqlite_version", "system"),
-                                 "sqlite_version": None, "driver": spec.get("driver"), "exit_code": None,
-                                 "starts": 0}
+    for spec in read_specs(layout):
+        if spec.name in workers:  # a later incarnation of the same worker
+            continue
+        workers[spec.name] = {"name": spec.name, "role": spec.role, "threads": spec.threads,
+                              "expected_sqlite_version": spec.connection.expected_sqlite_version,
+                              "sqlite_version": None, "driver": spec.connection.driver, "exit_code": None,
+                              "starts": 0, "writes_ledger": spec.writes_ledger}
     problems: list[str] = []
     for rec in records:
         name = rec.get("worker")
@@ -59,54 +62,35 @@ def _worker_report(records: list[dict[str, Any]], spec_dir: Path) -> tuple[list[
     return list(workers.values()), problems
 
 
+def collect_findings(run: RunEvidence) -> list[Finding]:
+    """Every check, then every fault's judge hook, in registration order."""
+    findings: list[Finding] = []
+    for _name, check in CHECKS.items():
+        findings.extend(check(run))
+    for hook in JUDGE_HOOKS:
+        findings.extend(hook(run))
+    return findings
+
+
 def judge_run(run_dir: str | Path) -> dict[str, Any]:
-    run_dir = Path(run_dir)
-    meta = json.loads((run_dir / "scenario.json").read_text())
+    layout = RunLayout(run_dir)
+    meta = json.loads(layout.scenario_json.read_text())
     scenario = meta["scenario"]
-    records = read_history(run_dir / "history")
-    controller = [r for r in records if r.get("type") in ("run_start", "run_stop")]
-    run_start = next((r for r in controller if r["type"] == "run_start"), None)
-    run_stop = next((r for r in controller if r["type"] == "run_stop"), None)
+    records = read_history(layout.history_dir)
+    run_start = next((r for r in records if r.get("type") == "run_start"), None)
+    run_stop = next((r for r in records if r.get("type") == "run_stop"), None)
     partial = run_stop is None or bool(run_stop.get("interrupted"))
     summary = summarize_history(records)
-    workers, problems = _worker_report(records, run_dir / "specs")
-    controller_error = run_dir / "control" / "controller-error.txt"
-    check_error = None
-    if controller_error.exists():
-        check_error = "the controller failed: " + controller_error.read_text().strip()[:300]
-
-    db_path = run_dir / DB_RELATIVE
-    integrity_dict = None
-    ledger_dict = None
-    if db_path.exists():
-        integrity = run_integrity(db_path)
-        integrity_dict = integrity.to_dict()
-        checks_dir = run_dir / "checks"
-        checks_dir.mkdir(exist_ok=True)
-        (checks_dir / "integrity.txt").write_text("\n".join(integrity.named_messages or integrity.messages) + "\n")
-        (checks_dir / "fts.json").write_text(json.dumps(integrity.fts, indent=1))
-        ledger = check_ledger(db_path, run_dir / "ledger")
-        ledger_dict = ledger.to_dict()
-        (checks_dir / "lost_ids.txt").write_text("".join(f"{i}\n" for i in ledger.lost_ids))
-    else:
-        check_error = check_error or "the run left no database to check"
-
-    writers_expected = any(w["role"] in ("writer", "wal-reset-race") for w in workers)
-    verdict, reason = decide(integrity=integrity_dict, ledger=ledger_dict, summary=summary,
-                             worker_problems=problems, writers_expected=writers_expected and not partial,
-                             check_error=check_error)
-    # I/O faults: VFS counters, throttle rate, power-cut loss classification (may turn
-    # losses after the last sync under synchronous=NORMAL into "clean", when allowed)
-    from walstress.faults.power_loss import judge_io_faults
-
-    verdict, reason, io_extras = judge_io_faults(run_dir, records, ledger_dict, scenario, verdict, reason)
+    workers, problems = _worker_report(records, layout)
+    evidence = RunEvidence(layout=layout, scenario=scenario, records=records, summary=summary, workers=workers,
+                           worker_problems=problems, partial=partial)
+    findings = collect_findings(evidence)
+    ledger = evidence.results.get("ledger")
+    integrity = evidence.results.get("integrity")
+    acked = ledger.get("acked_writes", 0) if ledger else 0
+    verdict, reason = compose(findings, f"integrity ok, {acked} acknowledged rows all present")
     if partial and verdict == "clean":
         reason += " (partial run: the controller did not finish)"
-    if integrity_dict is not None:
-        for key in ("messages", "named_messages"):
-            lines = integrity_dict[key]
-            integrity_dict[key] = lines[:INTEGRITY_LINES_IN_RESULT]
-            integrity_dict[f"{key}_total"] = len(lines)
     t_go = next((r["t"] for r in records if r.get("type") == "go"), None)
     t_stop = run_stop["t"] if run_stop else (records[-1]["t"] if records else None)
     versions = sorted({w["sqlite_version"] for w in workers if w["sqlite_version"]})
@@ -114,29 +98,30 @@ def judge_run(run_dir: str | Path) -> dict[str, Any]:
     first_corruption_error_s = round(min(corrupt_times) - t_go, 3) if (corrupt_times and t_go) else None
     faults = by_type(records, "fault")
     result = {
-        "run_dir": str(run_dir),
+        "run_dir": str(layout.run_dir),
         "seed": meta.get("seed"),
         "verdict": verdict,
         "reason": reason,
+        "findings": [f.to_dict() for f in findings],
         "partial": partial,
         "duration_s": round(t_stop - t_go, 3) if (t_go and t_stop) else 0.0,
         "planned_duration_s": meta.get("duration"),
         "first_corruption_error_s": first_corruption_error_s,
         "started_at": run_start["t"] if run_start else None,
         "sqlite": {"driver": scenario["sqlite"]["driver"], "requested_version": scenario["sqlite"]["version"],
-                   "worker_versions": versions, "check_version": integrity_dict["sqlite_version"] if integrity_dict else None},
+                   "worker_versions": versions, "check_version": integrity["sqlite_version"] if integrity else None},
         "workers": workers,
         "worker_problems": problems,
         "writes": {
-            "acked": ledger_dict["acked_writes"] if ledger_dict else 0,
-            "present": ledger_dict["present_writes"] if ledger_dict else 0,
-            "lost": ledger_dict["lost"] if ledger_dict else 0,
-            "lost_ids": ledger_dict["lost_ids"] if ledger_dict else [],
-            "indeterminate": ledger_dict["indeterminate"] if ledger_dict else 0,
-            "acked_transactions": ledger_dict["acked_transactions"] if ledger_dict else 0,
+            "acked": ledger["acked_writes"] if ledger else 0,
+            "present": ledger["present_writes"] if ledger else 0,
+            "lost": ledger["lost"] if ledger else 0,
+            "lost_ids": ledger["lost_ids"] if ledger else [],
+            "indeterminate": ledger["indeterminate"] if ledger else 0,
+            "acked_transactions": ledger["acked_transactions"] if ledger else 0,
         },
-        "ledger": ledger_dict,
-        "integrity": integrity_dict,
+        "ledger": ledger,
+        "integrity": integrity,
         "wal_peak_bytes": summary["wal_peak_bytes"],
         "db_peak_bytes": summary["db_peak_bytes"],
         "checkpoints": summary["checkpoints"],
@@ -150,6 +135,6 @@ def judge_run(run_dir: str | Path) -> dict[str, Any]:
         "samples": summary["samples"],
         "judged_at": time.time(),
     }
-    result.update(io_extras)
-    (run_dir / "run.json").write_text(json.dumps(result, indent=1, default=str))
+    result.update(evidence.extras)
+    layout.run_json.write_text(json.dumps(result, indent=1, default=str))
     return result

@@ -164,34 +164,28 @@ def _overrides(overrides: tuple | list, expect: str | None) -> list[str]:
     return items
 
 
-def _duration(value: Any) -> float | None:
-    if value is None:
-        return None
-    from walstress.scenario import parse_duration_seconds
-
-    return parse_duration_seconds(value)
-
-
 def _run_scenario(config: pytest.Config, source: Any, overrides: list[str], out_dir: Path, *,
                   duration: Any = None, repeat: int | None = None, cell_index: int | None = None) -> Result:
     """Run a scenario (or one of its cells) into out_dir with the session's template cache."""
     from walstress.api import load_scenario
-    from walstress.matrix import run_scenario
+    from walstress.runner import run_scenario
 
+    if duration is not None:
+        overrides = [*overrides, f"duration={duration}"]
     scenario = load_scenario(source, overrides)
     cells_filter = None
     if cell_index is not None:
         def cells_filter(cells: list) -> list:
             return [cell for cell in cells if cell.index == cell_index]
-    data = run_scenario(scenario, out_dir, repeat=repeat, duration=_duration(duration),
-                        cache_dir=template_cache_dir(config), cells_filter=cells_filter)
+    data = run_scenario(scenario, out_dir, repeat=repeat, cache_dir=template_cache_dir(config),
+                        cells_filter=cells_filter)
     return Result(data=data, path=Path(out_dir) / "results.json")
 
 
 def _matches(cell: dict[str, Any], expect: str | None) -> bool:
     if expect is None:
         return bool(cell["matches_expect"])
-    from walstress.matrix import cell_matches
+    from walstress.runner import cell_matches
 
     return cell_matches(expect, cell.get("expect_fraction", 1.0), cell["results"])[1]
 
@@ -206,7 +200,7 @@ def mismatch_message(result: Result, expect: str | None = None) -> str | None:
     if not cells:
         return f"walstress: scenario {scenario} ran no cell; results: {result.path}"
     lines = [f"walstress: {len(bad)} of {len(cells)} cell(s) of scenario {scenario} did not match the expectation"]
-    from walstress.verdict import matches
+    from walstress.checks.findings import matches
 
     for cell in bad:
         wanted = expect or cell["expect"]
@@ -296,10 +290,9 @@ class WalstressRunner:
 
     def rejudge(self, result: Result) -> Result:
         """Judge every run of a finished result again from its run dirs (history + database)."""
-        from walstress.judge import judge_run
-        from walstress.matrix import rejudge_dir
+        from walstress.runner import rejudge_dir
 
-        data = rejudge_dir(result.path.parent, judge_run)
+        data = rejudge_dir(result.path.parent)
         fresh = Result(data=data, path=result.path)
         record_result(self._item, fresh)
         return fresh

@@ -12,6 +12,7 @@ damaged database.
 
 from __future__ import annotations
 
+import json
 import re
 import sqlite3
 import time
@@ -19,9 +20,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from walstress.checks.btree import btree_roots, btree_roots_from_file, walk_pages
+from walstress.checks.findings import Finding, RunEvidence, is_lock_error
 
 __all__ = [
+    "IntegrityCheck",
     "IntegrityResult",
+    "integrity_findings",
     "fts5_tables",
     "name_message",
     "objects_in_message",
@@ -262,3 +266,55 @@ def _owners_from_dbstat(path: Path, wanted: set[int]) -> dict[int, str]:
     finally:
         conn.close()
     return found
+
+
+# ------------------------------------------------------------ as a run check
+INTEGRITY_LINES_IN_RESULT = 50
+
+
+def integrity_findings(integrity: dict, check: str = "integrity") -> list[Finding]:
+    """What an integrity result says: nothing when the file is healthy."""
+    fts_bad = {name: text for name, text in (integrity.get("fts") or {}).items() if text != "ok"}
+    open_error = integrity.get("open_error")
+    if open_error and not integrity.get("damaged_objects"):
+        if is_lock_error(open_error):  # another process still holds it: says nothing
+            return [Finding(check, "errors", f"the final database could not be checked: {open_error}")]
+        return [Finding(check, "corrupt", f"the final database cannot be checked: {open_error}")]
+    if integrity.get("ok", False) and not fts_bad:
+        return []
+    objects = integrity.get("damaged_objects") or sorted(fts_bad)
+    lines = integrity.get("named_messages") or integrity.get("messages") or [""]
+    first = next((line for line in lines if not line.startswith("*** in database")), lines[0]).strip()
+    if not first and fts_bad:
+        name = next(iter(fts_bad))
+        first = f"{name}: {fts_bad[name]}"
+    where = f" in {', '.join(objects[:4])}" if objects else ""
+    if open_error:
+        first = f"{first[:120]} (then: {open_error})" if first and first != "ok" else open_error
+    return [Finding(check, "corrupt", f"integrity check failed{where}: {first[:160]}")]
+
+
+class IntegrityCheck:
+    """``PRAGMA integrity_check`` and FTS5's integrity-check on the run's final database.
+
+    Writes ``checks/integrity.txt`` (every line, b-trees named) and ``checks/fts.json``."""
+
+    name = "integrity"
+
+    def __call__(self, run: RunEvidence) -> list[Finding]:
+        db_path = run.layout.db_path
+        if not db_path.exists():
+            run.results[self.name] = None
+            return [Finding(self.name, "errors", "the run left no database to check")]
+        result = run_integrity(db_path)
+        run.layout.checks_dir.mkdir(exist_ok=True)
+        run.layout.check_file("integrity.txt").write_text("\n".join(result.named_messages or result.messages) + "\n")
+        run.layout.check_file("fts.json").write_text(json.dumps(result.fts, indent=1))
+        data = result.to_dict()
+        findings = integrity_findings(data, self.name)
+        for key in ("messages", "named_messages"):  # the whole list is in checks/integrity.txt
+            lines = data[key]
+            data[key] = lines[:INTEGRITY_LINES_IN_RESULT]
+            data[f"{key}_total"] = len(lines)
+        run.results[self.name] = data
+        return findings

@@ -12,6 +12,7 @@ import sqlite3
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from walstress.checks.findings import Finding, RunEvidence, is_lock_error
 from walstress.ledger import Ledger, content_crc, read_ledger
 
 LOST_IDS_IN_SUMMARY = 1000
@@ -124,3 +125,42 @@ def _read_rows(db_path: Path, table: str, ids: list[int]) -> dict[int, int]:
         return found
     finally:
         conn.close()
+
+
+# ------------------------------------------------------------ as a run check
+class LedgerCheck:
+    """Every acknowledged change of the run's ledger must be in the final database.
+
+    Writes ``checks/lost_ids.txt`` (every lost id; run.json keeps the first ones)."""
+
+    name = "ledger"
+
+    def __call__(self, run: RunEvidence) -> list[Finding]:
+        if not run.layout.db_path.exists():
+            run.results[self.name] = None
+            return []  # the integrity check says so
+        result = check_ledger(run.layout.db_path, run.layout.ledger_dir)
+        run.layout.checks_dir.mkdir(exist_ok=True)
+        run.layout.check_file("lost_ids.txt").write_text("".join(f"{i}\n" for i in result.lost_ids))
+        data = result.to_dict()
+        run.results[self.name] = data
+        if result.error:
+            verdict = "errors" if is_lock_error(result.error) else "corrupt"
+            return [Finding(self.name, verdict, f"acknowledged rows could not be read back: {result.error}")]
+        if result.lost:
+            ids = ", ".join(str(i) for i in result.lost_ids[:8])
+            more = "" if result.lost <= 8 else f" and {result.lost - 8} more"
+            return [Finding(self.name, "lost-writes",
+                            f"{result.lost} of {result.acked_writes} acknowledged rows lost (ids {ids}{more})")]
+        return []
+
+
+def all_lost_ids(run: RunEvidence) -> list[int]:
+    """Every lost id of a judged run: checks/lost_ids.txt has them all, run.json only the first ones."""
+    path = run.layout.check_file("lost_ids.txt")
+    if path.exists():
+        try:
+            return [int(line) for line in path.read_text().split()]
+        except ValueError:
+            pass
+    return list((run.results.get("ledger") or {}).get("lost_ids") or [])

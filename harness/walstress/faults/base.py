@@ -1,10 +1,11 @@
 """The fault registry: scenario sections, controller-side plans, worker-side hooks.
 
-A fault is declared once, as a dataclass registered under ``faults.<name>``:
+A fault is declared once, as a dataclass whose ``section`` names its
+scenario table ``[faults.<section>]``, and one line in ``registry.py``:
 
-    @register("lock_breaker")
     @dataclass
     class LockBreakerSettings(FaultSettings):
+        section: ClassVar[str] = "lock_breaker"
         enabled: bool = setting(False)
         interval_ms: int = setting(1, min=1, kind="ms")
 
@@ -17,9 +18,16 @@ the same validation and ``--set`` support as every other key. A section's
 
 Controller side, a :class:`Fault` is driven by the controller through
 :class:`FaultPlan`: ``start`` after every worker is ready, ``tick`` about
-every 50 ms, ``stop`` before the workers are stopped; it records what it did
-as ``fault`` records in the history (``name``, ``t``, ``t_end``, ``target``,
-``detail``) so reports can shade the windows.
+every 50 ms, ``stop`` before the workers are stopped. It acts only through
+the :class:`RunControl` the controller hands it (the run's settings and
+paths; the workers, which it may kill, pause, resume or restart; the
+history), never on processes or the controller directly. It records what it
+did as ``fault`` records in the history (``name``, ``t``, ``t_end``,
+``target``, ``detail``) so reports can shade the windows.
+
+A section may add PRAGMAs to every worker connection
+(``connection_pragmas``) and environment variables to every worker process
+(``worker_env``).
 
 Worker side, each worker process calls :func:`worker_hooks` with its spec;
 sections may implement ``install_in_worker(spec, history, stop)`` (start a
@@ -29,20 +37,75 @@ VFS name for apsw connections, or None).
 
 from __future__ import annotations
 
-import dataclasses
 import time
-from typing import Any, Callable
+from typing import Any, ClassVar, Protocol, Sequence
 
-from walstress.scenario import _field, register_fault_section
+from walstress.layout import RunLayout
+from walstress.runspec import WorkerSpec
+from walstress.scenario import Scenario
+from walstress.settings import setting
+
+__all__ = ["Fault", "FaultPlan", "FaultSettings", "RunControl", "WorkerHandle", "build_plan", "setting"]
 
 
-def setting(default: Any, **meta: Any) -> Any:
-    """A fault setting: same metadata as scenario keys (choices, min, max, kind, doc)."""
-    return _field(default, **meta)
+class WorkerHandle(Protocol):
+    """One worker process as a fault sees it."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def role(self) -> str: ...
+
+    @property
+    def incarnation(self) -> int: ...
+
+    @property
+    def stem(self) -> str: ...
+
+    @property
+    def pid(self) -> int | None: ...
+
+    @property
+    def spec(self) -> WorkerSpec: ...
+
+    def alive(self) -> bool: ...
+
+    def ready(self) -> bool: ...
+
+
+class RunControl(Protocol):
+    """What a controller-side fault may see of and do to the run in flight."""
+
+    scenario: Scenario
+    layout: RunLayout
+    seed: int
+    duration: float        # this run's length in seconds
+    t_go: float            # when the workers were let go (epoch seconds; 0 before)
+
+    def workers(self, *, alive_only: bool = True) -> list[WorkerHandle]: ...
+
+    def live_pids(self) -> dict[str, int]: ...
+
+    def kill(self, workers: Sequence[WorkerHandle]) -> dict[str, int | None]:
+        """SIGKILL them all at once and reap them; exit codes by name (None: not reaped in time)."""
+        ...
+
+    def pause(self, worker: WorkerHandle) -> bool: ...
+
+    def resume(self, worker: WorkerHandle) -> bool: ...
+
+    def restart(self, worker: WorkerHandle) -> WorkerHandle:
+        """Start a new incarnation of a worker whose process ended."""
+        ...
+
+    def record(self, rec: dict[str, Any]) -> None: ...
 
 
 class FaultSettings:
-    """Base for fault sections; subclasses are dataclasses."""
+    """Base for fault sections; subclasses are dataclasses with a ``section`` name."""
+
+    section: ClassVar[str] = ""
 
     def build(self, scenario: Any, seed: int) -> "Fault | None":
         return None
@@ -54,15 +117,9 @@ class FaultSettings:
         """Extra environment for a worker process (e.g. LD_PRELOAD of eatmydata)."""
         return {}
 
-
-def register(name: str) -> Callable[[type], type]:
-    def wrap(cls: type) -> type:
-        if not dataclasses.is_dataclass(cls):
-            raise TypeError(f"fault section {name} must be a dataclass")
-        register_fault_section(name, cls)
-        return cls
-
-    return wrap
+    def connection_pragmas(self) -> list[str]:
+        """PRAGMAs every worker connection runs after the scenario's own (e.g. faults.fsync's fullfsync)."""
+        return []
 
 
 class Fault:
@@ -70,22 +127,22 @@ class Fault:
 
     name = "fault"
 
-    def start(self, ctx: Any) -> None:
+    def start(self, run: RunControl) -> None:
         pass
 
-    def tick(self, ctx: Any) -> None:
+    def tick(self, run: RunControl) -> None:
         pass
 
-    def stop(self, ctx: Any) -> None:
+    def stop(self, run: RunControl) -> None:
         pass
 
-    def restarts_pending(self, ctx: Any) -> bool:
+    def restarts_pending(self) -> bool:
         return False
 
-    def record(self, ctx: Any, *, t: float | None = None, t_end: float | None = None,
+    def record(self, run: RunControl, *, t: float | None = None, t_end: float | None = None,
                target: str | None = None, **detail: Any) -> None:
-        ctx.history.record({"type": "fault", "name": self.name, "t": time.time() if t is None else t,
-                            "t_end": t_end, "target": target, "detail": detail})
+        run.record({"type": "fault", "name": self.name, "t": time.time() if t is None else t,
+                    "t_end": t_end, "target": target, "detail": detail})
 
 
 class FaultPlan:
@@ -95,20 +152,26 @@ class FaultPlan:
         self.faults = faults
         self.sections = sections
 
-    def start(self, ctx: Any) -> None:
+    def start(self, run: RunControl) -> None:
         for fault in self.faults:
-            fault.start(ctx)
+            fault.start(run)
 
-    def tick(self, ctx: Any) -> None:
+    def tick(self, run: RunControl) -> None:
         for fault in self.faults:
-            fault.tick(ctx)
+            fault.tick(run)
 
-    def stop(self, ctx: Any) -> None:
+    def stop(self, run: RunControl) -> None:
         for fault in reversed(self.faults):
-            fault.stop(ctx)
+            fault.stop(run)
 
-    def restarts_pending(self, ctx: Any) -> bool:
-        return any(fault.restarts_pending(ctx) for fault in self.faults)
+    def restarts_pending(self) -> bool:
+        return any(fault.restarts_pending() for fault in self.faults)
+
+    def connection_pragmas(self) -> list[str]:
+        pragmas: list[str] = []
+        for section in self.sections.values():
+            pragmas.extend(section.connection_pragmas())
+        return pragmas
 
     def worker_env(self, worker_name: str, role: str) -> dict[str, str]:
         env: dict[str, str] = {}

@@ -31,10 +31,11 @@ import functools
 import os
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
-from walstress.faults.base import Fault, FaultSettings, register, setting
+from walstress.faults.base import Fault, FaultSettings, RunControl, setting
 from walstress.faults.vfs import ensure_registered, install, needs_apsw
+from walstress.runspec import WorkerSpec
 
 _EATMYDATA_CANDIDATES = (
     "/usr/lib/x86_64-linux-gnu/libeatmydata.so",
@@ -65,9 +66,9 @@ def find_eatmydata() -> str | None:
     return None
 
 
-@register("fsync")
 @dataclass
 class FsyncSettings(FaultSettings):
+    section: ClassVar[str] = "fsync"
     mode: str = setting("normal", choices=("normal", "noop", "slow"),
                         doc="what a sync does: the real thing, nothing, or the real thing after a delay")
     delay_ms: int = setting(0, min=0, max=60_000, kind="ms", doc="slow: delay before each sync")
@@ -127,12 +128,15 @@ class FsyncSettings(FaultSettings):
         existing = os.environ.get("LD_PRELOAD", "")
         return {"LD_PRELOAD": f"{library} {existing}".strip()}
 
-    def install_in_worker(self, spec: dict, history: Any, stop: Any) -> Any:
-        pragmas = spec.setdefault("extra_pragmas", [])
+    def connection_pragmas(self) -> list[str]:
+        pragmas = []
         if self.checkpoint_fullfsync:
             pragmas.append("PRAGMA checkpoint_fullfsync=ON")
         if self.fullfsync:
             pragmas.append("PRAGMA fullfsync=ON")
+        return pragmas
+
+    def install_in_worker(self, spec: WorkerSpec, history: Any, stop: Any) -> Any:
         if not self._uses_shim(spec):
             return None
         state, closer = install(spec, history, f"fsync-{self.mode}")
@@ -141,10 +145,10 @@ class FsyncSettings(FaultSettings):
         state.sync_delay_max_s = max(self.delay_max_ms, self.delay_ms) / 1000.0
         return closer
 
-    def _uses_shim(self, spec: dict) -> bool:
-        return self.mode in ("noop", "slow") and self.resolved_via(spec.get("driver")) == "vfs"
+    def _uses_shim(self, spec: WorkerSpec) -> bool:
+        return self.mode in ("noop", "slow") and self.resolved_via(spec.connection.driver) == "vfs"
 
-    def open_connection_hook(self, spec: dict) -> str | None:
+    def open_connection_hook(self, spec: WorkerSpec) -> str | None:
         return ensure_registered() if self._uses_shim(spec) else None
 
 
@@ -157,13 +161,13 @@ class FsyncFault(Fault):
         self.settings = settings
         self.driver = driver
 
-    def stop(self, ctx: Any) -> None:
+    def stop(self, run: RunControl) -> None:
         s = self.settings
         detail: dict[str, Any] = {"mode": s.mode, "via": s.resolved_via(self.driver) if s.mode != "normal" else None,
                                   "checkpoint_fullfsync": s.checkpoint_fullfsync, "fullfsync": s.fullfsync,
-                                  "synchronous": ctx.scenario.database.synchronous}
+                                  "synchronous": run.scenario.database.synchronous}
         if s.mode == "slow":
             detail.update(delay_ms=s.delay_ms, delay_max_ms=max(s.delay_max_ms, s.delay_ms))
         if detail["via"] == "eatmydata":
             detail["library"] = find_eatmydata()
-        self.record(ctx, t=ctx.t_go or time.time(), t_end=time.time(), target="all workers", **detail)
+        self.record(run, t=run.t_go or time.time(), t_end=time.time(), target="all workers", **detail)

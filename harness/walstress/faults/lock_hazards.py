@@ -38,9 +38,9 @@ import signal
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
-from walstress.faults.base import Fault, FaultSettings, register, setting
+from walstress.faults.base import Fault, FaultSettings, RunControl, setting
 from walstress.faults.schedule import (
     ActionWindows,
     ScheduledFault,
@@ -51,6 +51,7 @@ from walstress.faults.schedule import (
     wait_for_go,
 )
 from walstress.sqlite.driver import classify_error, connect, is_sqlite_error
+from walstress.runspec import WorkerSpec
 
 _FORK_CHILD_TIMEOUT_S = 2  # whole seconds (alarm); a worker must stop within 3 s
 # exit codes of a fork child: what happened to its SQLite call
@@ -58,8 +59,8 @@ _CHILD_CODES = {"ok": 0, "busy": 10, "locked": 11, "corrupt": 12, "ioerr": 13, "
 _CHILD_OUTCOMES = {code: name for name, code in _CHILD_CODES.items()}
 
 
-def _applies(roles_text: str, spec: dict) -> bool:
-    return spec.get("role") in parse_names(roles_text)
+def _applies(roles_text: str, spec: WorkerSpec) -> bool:
+    return spec.role in parse_names(roles_text)
 
 
 def _start_thread(name: str, body: Callable[[threading.Event], None], stop: threading.Event) -> Callable[[], None]:
@@ -84,11 +85,11 @@ def _start_thread(name: str, body: Callable[[threading.Event], None], stop: thre
     return close
 
 
-def _start_counted(section: str, spec: dict, history: Any, detail: dict[str, Any], stop: threading.Event,
+def _start_counted(section: str, spec: WorkerSpec, history: Any, detail: dict[str, Any], stop: threading.Event,
                    loop: Callable[[threading.Event, Callable[[str], None]], None]) -> Callable[[], None]:
     """Start a hazard thread that counts its actions: after go, ``loop(local_stop, count)`` acts until
     stopped and calls ``count(outcome)`` once per action; one ``fault`` record per second by outcome."""
-    windows = ActionWindows(history, section, spec["name"], {**detail, "pid": os.getpid()})
+    windows = ActionWindows(history, section, spec.name, {**detail, "pid": os.getpid()})
 
     def count(outcome: str) -> None:
         windows.add(outcome)
@@ -101,14 +102,14 @@ def _start_counted(section: str, spec: dict, history: Any, detail: dict[str, Any
         loop(local, count)
         windows.flush()
 
-    return _start_thread(f"{spec['name']}-{section.replace('_', '-')}", body, stop)
+    return _start_thread(f"{spec.name}-{section.replace('_', '-')}", body, stop)
 
 
-def _probe_row(spec: dict) -> tuple[str, str, str, float]:
+def _probe_row(spec: WorkerSpec) -> tuple[str, str, str, float]:
     """Values for a row a hazard may insert (not in any ledger, so never judged)."""
-    sessions = spec.get("session_ids") or []
+    sessions = spec.facts.session_ids
     session = sessions[0] if sessions else "hazard"
-    return (session, "user", f"written by a lock hazard in {spec['name']}", time.time())
+    return (session, "user", f"written by a lock hazard in {spec.name}", time.time())
 
 
 _INSERT_SQL = "INSERT INTO messages(session_id, role, content, timestamp) VALUES (?,?,?,?)"
@@ -116,21 +117,21 @@ _READ_SQL = "SELECT count(*), max(length(content)) FROM (SELECT content FROM mes
 
 
 # ------------------------------------------------------------ lock breaker
-@register("lock_breaker")
 @dataclass
 class LockBreakerSettings(FaultSettings):
+    section: ClassVar[str] = "lock_breaker"
     enabled: bool = setting(False, doc="a thread in each worker of `roles` opens/reads/closes the file")
     interval_ms: int = setting(1, min=1, max=600_000, kind="ms", doc="pause between two open/read/close")
     target: str = setting("db", choices=("db", "wal"), doc="which file: the database or its -wal")
     roles: str = setting("writer", doc="comma-separated roles whose workers run the breaker thread")
 
     def validate(self, scenario: Any) -> None:
-        check_roles("lock_breaker", "roles", self.roles)
+        check_roles("lock_breaker", "roles", self.roles, scenario)
 
-    def install_in_worker(self, spec: dict, history: Any, stop: threading.Event) -> Callable[[], None] | None:
+    def install_in_worker(self, spec: WorkerSpec, history: Any, stop: threading.Event) -> Callable[[], None] | None:
         if not self.enabled or not _applies(self.roles, spec):
             return None
-        path = spec["db_path"] + ("-wal" if self.target == "wal" else "")
+        path = spec.db_path + ("-wal" if self.target == "wal" else "")
         interval = self.interval_ms / 1000.0
 
         def loop(local: threading.Event, count: Callable[[str], None]) -> None:
@@ -151,9 +152,9 @@ class LockBreakerSettings(FaultSettings):
 
 
 # --------------------------------------------------------------------- fork
-@register("fork")
 @dataclass
 class ForkSettings(FaultSettings):
+    section: ClassVar[str] = "fork"
     enabled: bool = setting(False, doc="a thread holding an open connection forks; the child uses it")
     interval_ms: int = setting(500, min=1, max=600_000, kind="ms", doc="pause between two forks")
     child_action: str = setting("write", choices=("write", "read", "close"),
@@ -162,11 +163,11 @@ class ForkSettings(FaultSettings):
     roles: str = setting("writer", doc="comma-separated roles whose workers fork")
 
     def validate(self, scenario: Any) -> None:
-        check_roles("fork", "roles", self.roles)
+        check_roles("fork", "roles", self.roles, scenario)
         if self.enabled and not hasattr(os, "fork"):
             raise ValueError("faults.fork.enabled: this platform has no fork()")
 
-    def install_in_worker(self, spec: dict, history: Any, stop: threading.Event) -> Callable[[], None] | None:
+    def install_in_worker(self, spec: WorkerSpec, history: Any, stop: threading.Event) -> Callable[[], None] | None:
         if not self.enabled or not _applies(self.roles, spec):
             return None
         interval = self.interval_ms / 1000.0
@@ -177,7 +178,7 @@ class ForkSettings(FaultSettings):
             while not local.wait(interval):
                 try:
                     if conn is None:
-                        conn = connect(spec["db_path"], driver=spec["driver"], busy_timeout_ms=spec["busy_timeout_ms"])
+                        conn = connect(spec.db_path, driver=spec.connection.driver, busy_timeout_ms=spec.connection.busy_timeout_ms)
                     conn.execute(_READ_SQL)  # the connection has the WAL index mapped and a recent snapshot
                     if hold:
                         conn.execute("BEGIN")
@@ -199,7 +200,7 @@ class ForkSettings(FaultSettings):
         return _start_counted("fork", spec, history, {"child_action": action, "hold_read": hold}, stop, loop)
 
 
-def _fork_once(conn: Any, action: str, spec: dict, stop: threading.Event) -> str:
+def _fork_once(conn: Any, action: str, spec: WorkerSpec, stop: threading.Event) -> str:
     """Fork with the connection open; the child's outcome (from its exit status)."""
     row = _probe_row(spec)
     pid = os.fork()  # the hazard, on purpose: a child inheriting an open SQLite connection
@@ -248,9 +249,9 @@ def apsw_available() -> bool:
     return True
 
 
-@register("two_libraries")
 @dataclass
 class TwoLibrariesSettings(FaultSettings):
+    section: ClassVar[str] = "two_libraries"
     enabled: bool = setting(False, doc="workers also open the database through the other SQLite binding")
     interval_ms: int = setting(5, min=1, max=600_000, kind="ms", doc="pause between two actions of the second library")
     work: str = setting("read", choices=("read", "write", "mixed"), doc="what the second library does")
@@ -259,26 +260,26 @@ class TwoLibrariesSettings(FaultSettings):
     roles: str = setting("writer", doc="comma-separated roles whose workers use two libraries")
 
     def validate(self, scenario: Any) -> None:
-        check_roles("two_libraries", "roles", self.roles)
+        check_roles("two_libraries", "roles", self.roles, scenario)
         if self.enabled and not apsw_available():
             raise ValueError("faults.two_libraries.enabled needs apsw (the second SQLite library), which is not "
                              "installed: pip install 'walstress[apsw]'")
 
-    def install_in_worker(self, spec: dict, history: Any, stop: threading.Event) -> Callable[[], None] | None:
+    def install_in_worker(self, spec: WorkerSpec, history: Any, stop: threading.Event) -> Callable[[], None] | None:
         if not self.enabled or not _applies(self.roles, spec):
             return None
-        other = _other_driver(spec["driver"])
+        other = _other_driver(spec.connection.driver)
         interval = self.interval_ms / 1000.0
         per_op = self.connection == "per-op"
         work = self.work
-        rng = random.Random(f"{spec['seed']}:{spec['name']}:two_libraries")
+        rng = random.Random(f"{spec.seed}:{spec.name}:two_libraries")
 
         def loop(local: threading.Event, count: Callable[[str], None]) -> None:
             conn = None
             while not local.wait(interval):
                 try:
                     if conn is None:
-                        conn = connect(spec["db_path"], driver=other, busy_timeout_ms=spec["busy_timeout_ms"])
+                        conn = connect(spec.db_path, driver=other, busy_timeout_ms=spec.connection.busy_timeout_ms)
                     write = work == "write" or (work == "mixed" and rng.random() < 0.5)
                     if write:
                         conn.execute(_INSERT_SQL, _probe_row(spec))
@@ -299,14 +300,14 @@ class TwoLibrariesSettings(FaultSettings):
                 conn.close()
 
         return _start_counted("two_libraries", spec, history,
-                              {"driver": spec["driver"], "second_driver": other, "work": work,
+                              {"driver": spec.connection.driver, "second_driver": other, "work": work,
                                "connection": self.connection}, stop, loop)
 
 
 # --------------------------------------------------------------- wal unlink
-@register("wal_unlink")
 @dataclass
 class WalUnlinkSettings(FaultSettings):
+    section: ClassVar[str] = "wal_unlink"
     enabled: bool = setting(False, doc="unlink or rename the -wal file under live connections")
     action: str = setting("unlink", choices=("unlink", "rename"), doc="rename moves it to <db>-wal.renamed-<n>")
     side: str = setting("controller", choices=("controller", "worker"),
@@ -317,7 +318,7 @@ class WalUnlinkSettings(FaultSettings):
     random_count: int = setting(0, min=0, max=10_000, doc="act this many times at seeded random times")
 
     def validate(self, scenario: Any) -> None:
-        check_roles("wal_unlink", "roles", self.roles)
+        check_roles("wal_unlink", "roles", self.roles, scenario)
         if self.enabled:
             check_schedule("wal_unlink", self.at, self.every_ms, self.random_count)
             if scenario.database.journal_mode != "WAL":
@@ -328,28 +329,28 @@ class WalUnlinkSettings(FaultSettings):
             return None
         return WalUnlinkFault(self, seed)
 
-    def install_in_worker(self, spec: dict, history: Any, stop: threading.Event) -> Callable[[], None] | None:
+    def install_in_worker(self, spec: WorkerSpec, history: Any, stop: threading.Event) -> Callable[[], None] | None:
         if not self.enabled or self.side != "worker" or not _applies(self.roles, spec):
             return None
         settings = self
-        wal = spec["db_path"] + "-wal"
+        wal = spec.db_path + "-wal"
 
         def body(local: threading.Event) -> None:
             t_go = wait_for_go(spec, local)
             if t_go is None:
                 return
-            duration = float(spec.get("duration") or 3600.0)
-            rng = random.Random(f"{spec['seed']}:{spec['name']}:wal_unlink")
+            duration = float(spec.duration or 3600.0)
+            rng = random.Random(f"{spec.seed}:{spec.name}:wal_unlink")
             for n, offset in enumerate(schedule_times(settings.at, settings.every_ms, settings.random_count,
                                                       duration, rng)):
                 if local.wait(max(0.0, t_go + offset - time.time())):
                     return
-                rec = _act_on_wal(wal, settings.action, f"{spec['name']}-{n}")
+                rec = _act_on_wal(wal, settings.action, f"{spec.name}-{n}")
                 history.record({"type": "fault", "name": "wal_unlink", "t": rec.pop("t"), "t_end": time.time(),
                                 "target": os.path.basename(wal),
-                                "detail": {**rec, "side": "worker", "worker": spec["name"], "pid": os.getpid()}})
+                                "detail": {**rec, "side": "worker", "worker": spec.name, "pid": os.getpid()}})
 
-        return _start_thread(f"{spec['name']}-wal-unlink", body, stop)
+        return _start_thread(f"{spec.name}-wal-unlink", body, stop)
 
 
 def _act_on_wal(wal: str, action: str, tag: str) -> dict[str, Any]:
@@ -379,16 +380,16 @@ class WalUnlinkFault(ScheduledFault):
 
     name = "wal_unlink"
 
-    def tick(self, ctx: Any) -> None:
+    def tick(self, run: RunControl) -> None:
         now = time.time()
-        for n in self.due(ctx, now):
-            rec = _act_on_wal(str(ctx.db_path) + "-wal", self.settings.action, str(n))
+        for n in self.due(run, now):
+            rec = _act_on_wal(str(run.layout.db_path) + "-wal", self.settings.action, str(n))
             t = rec.pop("t")
-            self.record(ctx, t=t, t_end=time.time(), target=os.path.basename(str(ctx.db_path)) + "-wal",
+            self.record(run, t=t, t_end=time.time(), target=os.path.basename(str(run.layout.db_path)) + "-wal",
                         side="controller", **rec)
 
-    def stop(self, ctx: Any) -> None:
+    def stop(self, run: RunControl) -> None:
         for offset in self.missed():  # the run ended before the controller's loop got there
-            t = ctx.t_go + offset
-            self.record(ctx, t=t, t_end=t, target=os.path.basename(str(ctx.db_path)) + "-wal", side="controller",
+            t = run.t_go + offset
+            self.record(run, t=t, t_end=t, target=os.path.basename(str(run.layout.db_path)) + "-wal", side="controller",
                         action=self.settings.action, outcome="skipped", reason="the run ended first")

@@ -51,16 +51,19 @@ their state); the page cache of the machine is not modelled beyond that.
 
 import os
 import random
-import signal
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
-from walstress.faults.base import Fault, FaultSettings, register, setting
+from walstress.checks.findings import Finding, RunEvidence
+from walstress.checks.ledger import all_lost_ids
+from walstress.faults.base import Fault, FaultSettings, RunControl, setting
+from walstress.ledger import read_ledger
+from walstress.settings import parse_duration_seconds
 from walstress.faults.vfs import (CheckpointCut, UndoRecord, UndoWriter, ensure_registered, install, needs_apsw,
-                                read_undo_log, run_dir_of, summarize_vfs_stats)
+                                read_undo_log)
+from walstress.runspec import WorkerSpec
 
 UNDO_DIR = "power"
 ARMED_FILE = "power-armed"
@@ -70,7 +73,6 @@ _REAP_TIMEOUT_S = 10.0
 
 def parse_at(value: Any) -> Optional[float]:
     """None for "random", else seconds after go; ValueError when neither."""
-    from walstress.scenario import parse_duration_seconds
 
     if isinstance(value, str) and value.strip().lower() == "random":
         return None
@@ -84,9 +86,9 @@ def parse_at(value: Any) -> Optional[float]:
 
 # No ``from __future__ import annotations`` here: ``at`` is typed ``object``
 # so that the scenario model passes numbers and "random" through unchanged.
-@register("power_loss")
 @dataclass
 class PowerLossSettings(FaultSettings):
+    section: ClassVar[str] = "power_loss"
     enabled: bool = setting(False, doc="cut the power once per run (SIGKILL all + roll back unsynced writes)")
     at: object = setting("random", doc='seconds after go ("2.5", "800ms") or "random" (seeded, 30-80 % of the run)')
     during_checkpoint: bool = setting(False, doc="from `at` on, cut when a checkpoint is writing the db file")
@@ -114,20 +116,20 @@ class PowerLossSettings(FaultSettings):
         return PowerLossFault(self, seed) if self.enabled else None
 
     # --------------------------------------------------------- worker side
-    def install_in_worker(self, spec: dict, history: Any, stop: Any) -> Any:
+    def install_in_worker(self, spec: WorkerSpec, history: Any, stop: Any) -> Any:
         if not self.enabled:
             return None
-        run_dir = run_dir_of(spec)
+        layout = spec.layout
         state, closer = install(spec, history, "power_loss")
-        state.undo = UndoWriter(run_dir / UNDO_DIR, spec["name"], Path(spec["db_path"]).parent)
+        state.undo = UndoWriter(layout.fault_dir(UNDO_DIR), spec.name, Path(spec.db_path).parent)
         if self.during_checkpoint:
-            rng = random.Random(f"{spec['seed']}:{spec['name']}:power-cut")
-            state.cut = CheckpointCut(run_dir / "control" / ARMED_FILE, run_dir / "control" / REQUEST_FILE,
+            rng = random.Random(f"{spec.seed}:{spec.name}:power-cut")
+            state.cut = CheckpointCut(layout.control_file(ARMED_FILE), layout.control_file(REQUEST_FILE),
                                       k=rng.randint(1, 8), wait_s=self.checkpoint_wait_ms / 1000.0,
-                                      worker=spec["name"])
+                                      worker=spec.name)
         return closer
 
-    def open_connection_hook(self, spec: dict) -> Optional[str]:
+    def open_connection_hook(self, spec: WorkerSpec) -> Optional[str]:
         return ensure_registered() if self.enabled else None
 
 
@@ -267,62 +269,48 @@ class PowerLossFault(Fault):
         self.armed = False
         self.done = False
 
-    def start(self, ctx: Any) -> None:
-        from walstress.faults.schedule import run_duration
-
-        duration = run_duration(ctx)
+    def start(self, run: RunControl) -> None:
+        duration = run.duration
         at = parse_at(self.settings.at)
         self.cut_at = at if at is not None else self.rng.uniform(0.3, 0.8) * duration
         # a cut waiting for a checkpoint that never comes happens shortly before the end
         self.fallback_at = max(self.cut_at, duration - 0.3)
 
-    def tick(self, ctx: Any) -> None:
-        if self.done or not ctx.t_go:
+    def tick(self, run: RunControl) -> None:
+        if self.done or not run.t_go:
             return
-        offset = time.time() - ctx.t_go
-        control = Path(ctx.run_dir) / "control"
+        offset = time.time() - run.t_go
+        layout = run.layout
         if not self.settings.during_checkpoint:
             if offset >= self.cut_at:
-                self.cut(ctx, "scheduled")
+                self.cut(run, "scheduled")
             return
         if not self.armed and offset >= self.cut_at:
-            (control / ARMED_FILE).touch()
+            layout.control_file(ARMED_FILE).touch()
             self.armed = True
-        if self.armed and (control / REQUEST_FILE).exists():
-            self.cut(ctx, "during a checkpoint")
+        if self.armed and layout.control_file(REQUEST_FILE).exists():
+            self.cut(run, "during a checkpoint")
         elif offset >= self.fallback_at:
-            self.cut(ctx, "no checkpoint wrote the db file after the cut was armed; cut at the end")
+            self.cut(run, "no checkpoint wrote the db file after the cut was armed; cut at the end")
 
-    def stop(self, ctx: Any) -> None:
-        if not self.done and ctx.live_pids():
-            self.cut(ctx, "end of run before the cut time")
+    def stop(self, run: RunControl) -> None:
+        if not self.done and run.live_pids():
+            self.cut(run, "end of run before the cut time")
 
-    def cut(self, ctx: Any, reason: str) -> None:
+    def cut(self, run: RunControl, reason: str) -> None:
         self.done = True
         t = time.time()
-        live = [w for w in ctx.workers if w.popen is not None and w.popen.poll() is None]
-        for worker in live:
-            worker.fault_killed = True
-        for worker in live:  # all at once: signals first, then the waits
-            for sig in (signal.SIGKILL, signal.SIGCONT):
-                try:
-                    worker.popen.send_signal(sig)
-                except (ProcessLookupError, OSError):
-                    pass
-        for worker in live:
-            try:
-                worker.popen.wait(timeout=_REAP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                pass
+        live = run.workers()
+        run.kill(live)  # all at once: signals first, then the waits
         t_killed = time.time()
-        run_dir = Path(ctx.run_dir)
-        request = run_dir / "control" / REQUEST_FILE
+        layout = run.layout
+        request = layout.control_file(REQUEST_FILE)
         checkpoint_by = request.read_text().strip() if request.exists() else None
-        plans = merge_undo_logs(run_dir / UNDO_DIR)
+        plans = merge_undo_logs(layout.fault_dir(UNDO_DIR))
         s = self.settings
         files = roll_back(plans, s.rollback, random.Random(f"{self.seed}:power_loss:rollback"),
                           keep_probability=s.keep_probability, sector_bytes=s.sector_bytes)
-        db_path = str(ctx.db_path)
+        db_path = str(layout.db_path)
         shm = Path(db_path + "-shm")
         shm_removed = False
         if shm.exists():
@@ -331,41 +319,29 @@ class PowerLossFault(Fault):
         wal_plan = plans.get(os.path.abspath(db_path + "-wal"))
         db_plan = plans.get(os.path.abspath(db_path))
         detail = {
-            "reason": reason, "offset_s": round(t - ctx.t_go, 3), "planned_offset_s": round(self.cut_at, 3),
+            "reason": reason, "offset_s": round(t - run.t_go, 3), "planned_offset_s": round(self.cut_at, 3),
             "during_checkpoint": s.during_checkpoint, "checkpoint_in_progress": checkpoint_by,
             "rollback": s.rollback, "keep_probability": s.keep_probability, "sector_bytes": s.sector_bytes,
-            "synchronous": ctx.scenario.database.synchronous,
+            "synchronous": run.scenario.database.synchronous,
             "killed": [w.name for w in live], "kill_ms": round((t_killed - t) * 1000, 1),
             "last_wal_sync_t": wal_plan.last_sync_wall if wal_plan else None,
             "last_db_sync_t": db_plan.last_sync_wall if db_plan else None,
             "files": files, "shm_removed": shm_removed,
         }
-        self.record(ctx, t=t, t_end=time.time(), target="all workers", **detail)
+        self.record(run, t=t, t_end=time.time(), target="all workers", **detail)
 
 
 # ------------------------------------------------------------------- judging
-def judge_io_faults(run_dir: Path, records: list, ledger: Optional[dict], scenario: dict, verdict: str,
-                    reason: str) -> tuple:
-    """What the I/O faults add to run.json; (verdict, reason, extras). Called by the judge."""
-    extras: dict[str, Any] = {}
-    vfs = summarize_vfs_stats(records)
-    if vfs is not None:
-        extras["vfs"] = vfs
-    throttle = [r for r in records if r.get("type") == "fault" and r.get("name") == "throttle"]
-    if throttle:
-        extras["throttle"] = dict(throttle[-1].get("detail") or {})
-        seconds = extras["throttle"].get("seconds")
-        if extras["throttle"].get("backend") == "vfs" and vfs and seconds:
-            # what SQLite wrote through the shim: the quantity the vfs backend limits
-            extras["throttle"]["shim_write_bps"] = round(vfs.get("write_bytes", 0) / seconds, 1)
-            limit = extras["throttle"].get("write_bps_limit")
-            if limit:
-                extras["throttle"]["shim_to_limit"] = round(extras["throttle"]["shim_write_bps"] / limit, 4)
-    cuts = [r for r in records if r.get("type") == "fault" and r.get("name") == "power_loss"]
+def judge_power_loss(run: RunEvidence) -> list[Finding]:
+    """The judge hook of power loss: lost rows split into after the last sync / although synced
+    (run.json ``power_loss``); under ``synchronous=NORMAL`` with ``allow_unsynced_loss``, losses
+    that all came after the last WAL sync are excused (SQLite documents them)."""
+    cuts = [r for r in run.records if r.get("type") == "fault" and r.get("name") == "power_loss"]
     if not cuts:
-        return verdict, reason, extras
+        return []
     cut = cuts[-1]
     detail = cut.get("detail") or {}
+    scenario = run.scenario
     settings = (scenario.get("faults") or {}).get("power_loss") or {}
     synchronous = (scenario.get("database") or {}).get("synchronous")
     last_sync = detail.get("last_wal_sync_t")
@@ -379,39 +355,25 @@ def judge_io_faults(run_dir: Path, records: list, ledger: Optional[dict], scenar
         "lost": 0, "lost_after_last_sync": 0, "lost_although_synced": 0, "lost_although_synced_ids": [],
         "acked_after_last_sync": 0,
     }
-    lost_ids = _all_lost_ids(run_dir, ledger)
-    ack_times = _ack_times(run_dir / "ledger")
+    lost_ids = all_lost_ids(run)
+    ack_times = _ack_times(run.layout.ledger_dir)
     after = [i for i in lost_ids if last_sync is None or ack_times.get(i, float("inf")) >= last_sync]
     after_set = set(after)
     synced = [i for i in lost_ids if i not in after_set]
     info.update(lost=len(lost_ids), lost_after_last_sync=len(after), lost_although_synced=len(synced),
                 lost_although_synced_ids=synced[:100])
     info["acked_after_last_sync"] = sum(1 for t in ack_times.values() if last_sync is None or t >= last_sync)
-    if (verdict == "lost-writes" and settings.get("allow_unsynced_loss") and synchronous == "NORMAL"
-            and not synced and lost_ids):
-        info["verdict_before"] = verdict
-        verdict = "clean"
-        reason = (f"{len(lost_ids)} acknowledged rows lost, all committed after the last WAL sync: allowed under "
-                  f"synchronous=NORMAL (faults.power_loss.allow_unsynced_loss)")
-    extras["power_loss"] = info
-    return verdict, reason, extras
-
-
-def _all_lost_ids(run_dir: Path, ledger: Optional[dict]) -> list:
-    """Every lost id: the judge's checks/lost_ids.txt has them all, run.json only the first ones."""
-    path = run_dir / "checks" / "lost_ids.txt"
-    if path.exists():
-        try:
-            return [int(line) for line in path.read_text().split()]
-        except ValueError:
-            pass
-    return list((ledger or {}).get("lost_ids") or [])
+    run.extras["power_loss"] = info
+    if settings.get("allow_unsynced_loss") and synchronous == "NORMAL" and not synced and lost_ids:
+        info["verdict_before"] = "lost-writes"
+        return [Finding("power_loss", "clean",
+                        f"{len(lost_ids)} acknowledged rows lost, all committed after the last WAL sync: allowed "
+                        f"under synchronous=NORMAL (faults.power_loss.allow_unsynced_loss)", excuses=("ledger",))]
+    return []
 
 
 def _ack_times(ledger_dir: Path) -> dict[int, float]:
     """row id -> acknowledgement time of the last acknowledged change of that row."""
-    from walstress.ledger import read_ledger
-
     ledger = read_ledger(ledger_dir)
     out: dict[int, float] = {}
     acked = [(t.t_end, t) for t in ledger.transactions if t.state == "acked" and t.t_end is not None]
@@ -421,4 +383,4 @@ def _ack_times(ledger_dir: Path) -> dict[int, float]:
     return out
 
 
-__all__ = ["PowerLossSettings", "PowerLossFault", "merge_undo_logs", "roll_back", "judge_io_faults"]
+__all__ = ["PowerLossSettings", "PowerLossFault", "merge_undo_logs", "roll_back", "judge_power_loss"]

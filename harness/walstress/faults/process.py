@@ -25,19 +25,13 @@ worker name (``writer-1``) or ``any``. Each action is one ``fault`` record:
 
 from __future__ import annotations
 
-import json
-import signal
-import subprocess
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from walstress.faults.base import Fault, FaultSettings, register, setting
+from walstress.faults.base import Fault, FaultSettings, RunControl, WorkerHandle, setting
 from walstress.faults.schedule import ScheduledFault, check_schedule, check_target, live_candidates
 
-_REAP_TIMEOUT_S = 10.0
-_SEED_STEP = 7919  # a restarted incarnation draws other random streams than the one it replaces
 
 
 class _TargetedSchedule(FaultSettings):
@@ -57,7 +51,6 @@ class _TargetedSchedule(FaultSettings):
             check_target(self.section, scenario, self.target)
 
 
-@register("kill")
 @dataclass
 class KillSettings(_TargetedSchedule):
     section: ClassVar[str] = "kill"
@@ -73,7 +66,6 @@ class KillSettings(_TargetedSchedule):
         return KillFault(self, seed) if self.enabled else None
 
 
-@register("pause")
 @dataclass
 class PauseSettings(_TargetedSchedule):
     section: ClassVar[str] = "pause"
@@ -88,35 +80,10 @@ class PauseSettings(_TargetedSchedule):
         return PauseFault(self, seed) if self.enabled else None
 
 
-def _send(worker: Any, sig: int) -> bool:
-    if worker.popen is None or worker.popen.poll() is not None:
-        return False
-    try:
-        worker.popen.send_signal(sig)
-    except (ProcessLookupError, OSError):
-        return False
-    return True
-
-
-def _kill_and_reap(ctx: Any, worker: Any) -> int | None:
-    """SIGKILL a worker (marked fault_killed by the caller), reap it, record its exit."""
-    _send(worker, signal.SIGCONT)  # a paused worker dies all the same; SIGCONT is harmless here
-    _send(worker, signal.SIGKILL)
-    try:
-        code = worker.popen.wait(timeout=_REAP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        return None
-    worker.exit_code = code
-    ctx.history.record({"type": "worker_exit", "worker": worker.name, "pid": worker.popen.pid, "t": time.time(),
-                        "exit_code": code, "stopped_by_controller": False,
-                        "killed_by_controller": False, "fault_killed": True})
-    return code
-
-
-def _record_missed(fault: ScheduledFault, ctx: Any, action: str) -> None:
+def _record_missed(fault: ScheduledFault, run: RunControl, action: str) -> None:
     """Scheduled actions the run ended before (the controller's loop stops at the end time)."""
     for offset in fault.missed():
-        fault.record(ctx, t=ctx.t_go + offset, t_end=ctx.t_go + offset, target=fault.settings.target,
+        fault.record(run, t=run.t_go + offset, t_end=run.t_go + offset, target=fault.settings.target,
                      action=f"{action}-skipped", reason="the run ended before the scheduled time was reached",
                      offset_s=round(offset, 3))
 
@@ -126,89 +93,63 @@ class KillFault(ScheduledFault):
 
     def __init__(self, settings: KillSettings, seed: int):
         super().__init__(settings, seed)
-        self.restarts: list[tuple[float, Any]] = []  # (due epoch time, killed WorkerProcess)
-        self.incarnations: dict[str, int] = {}
-        self.started: list[tuple[Any, Path]] = []  # restarted incarnations and their ready files
+        self.restarts: list[tuple[float, WorkerHandle]] = []  # (due epoch time, the killed worker)
+        self.started: list[WorkerHandle] = []  # restarted incarnations
         self.stopping = False
 
-    def tick(self, ctx: Any) -> None:
+    def tick(self, run: RunControl) -> None:
         now = time.time()
-        for _ in self.due(ctx, now):
-            self._kill_one(ctx)
+        for _ in self.due(run, now):
+            self._kill_one(run)
         due = [item for item in self.restarts if item[0] <= now]
         for item in due:
             self.restarts.remove(item)
-            self._restart(ctx, item[1])
+            self._restart(run, item[1])
 
-    def restarts_pending(self, ctx: Any) -> bool:
+    def restarts_pending(self) -> bool:
         return bool(self.restarts)
 
-    def stop(self, ctx: Any) -> None:
+    def stop(self, run: RunControl) -> None:
         self.stopping = True
-        _record_missed(self, ctx, "kill")
-        for due, worker in self.restarts:
-            self.record(ctx, t=time.time(), target=worker.name, action="restart-cancelled", reason="the run ended")
+        _record_missed(self, run, "kill")
+        for _due, worker in self.restarts:
+            self.record(run, t=time.time(), target=worker.name, action="restart-cancelled", reason="the run ended")
         self.restarts = []
         # An incarnation that is not ready yet may not even handle SIGTERM: it never worked, end it here.
-        for worker, ready_path in self.started:
-            if worker.popen is None or worker.popen.poll() is not None or ready_path.exists():
+        for worker in self.started:
+            if not worker.alive() or worker.ready():
                 continue
             t = time.time()
-            pid = worker.popen.pid
-            worker.fault_killed = True
-            code = _kill_and_reap(ctx, worker)
-            self.record(ctx, t=t, t_end=time.time(), target=worker.name, action="restart-aborted", pid=pid,
+            pid = worker.pid
+            code = run.kill([worker]).get(worker.name)
+            self.record(run, t=t, t_end=time.time(), target=worker.name, action="restart-aborted", pid=pid,
                         exit_code=code, reason="the run ended before the new incarnation was ready")
 
-    def _kill_one(self, ctx: Any) -> None:
+    def _kill_one(self, run: RunControl) -> None:
         target = self.settings.target
-        candidates = live_candidates(ctx.workers, target)
+        candidates = live_candidates(run.workers(), target)
         t = time.time()
         if not candidates:
-            self.record(ctx, t=t, t_end=t, target=target, action="kill-skipped", reason="no live worker")
+            self.record(run, t=t, t_end=t, target=target, action="kill-skipped", reason="no live worker")
             return
         worker = self.rng.choice(candidates)
-        worker.fault_killed = True
-        pid = worker.popen.pid
-        code = _kill_and_reap(ctx, worker)
+        pid = worker.pid
+        code = run.kill([worker]).get(worker.name)
         t_end = time.time()
         restart_at = None
         if self.settings.restart and not self.stopping and code is not None:  # never beside a live predecessor
             restart_at = t_end + self.settings.restart_delay_ms / 1000.0
             self.restarts.append((restart_at, worker))
-        self.record(ctx, t=t, t_end=t_end, target=worker.name, action="kill", signal="SIGKILL", pid=pid,
-                    role=worker.role, exit_code=code, offset_s=round(t - ctx.t_go, 3),
+        self.record(run, t=t, t_end=t_end, target=worker.name, action="kill", signal="SIGKILL", pid=pid,
+                    role=worker.role, exit_code=code, offset_s=round(t - run.t_go, 3),
                     restart_at=restart_at)
 
-    def _restart(self, ctx: Any, old: Any) -> None:
-        from walstress.controller import WorkerProcess, start_worker
-
-        k = self.incarnations.get(old.name, 0) + 1
-        self.incarnations[old.name] = k
-        spec = json.loads(Path(old.spec_path).read_text())
-        base = spec.get("base_name", spec["name"])
-        stem = f"{base}.i{k}"
-        run_dir = Path(ctx.run_dir)
-        spec.update({
-            "incarnation": k,
-            "base_name": base,
-            "seed": int(spec["seed"]) + _SEED_STEP * k,
-            "history_path": str(run_dir / "history" / f"{stem}.jsonl"),
-            "ready_path": str(run_dir / "control" / f"ready-{stem}"),
-            "ledger_name": stem,
-        })
-        spec_path = run_dir / "specs" / f"{stem}.json"
-        spec_path.write_text(json.dumps(spec, indent=1))
-        worker = WorkerProcess(name=old.name, role=old.role, spec_path=spec_path,
-                               log_path=run_dir / "logs" / f"{stem}.log")
-        env = ctx.faults.worker_env(old.name, old.role) if ctx.faults is not None else {}
+    def _restart(self, run: RunControl, old: WorkerHandle) -> None:
         t = time.time()
-        start_worker(ctx, worker, list(spec.get("sqlite_paths") or []), env)
-        ctx.workers.append(worker)
-        self.started.append((worker, Path(spec["ready_path"])))
-        assert worker.popen is not None  # start_worker started it (or raised)
-        self.record(ctx, t=t, t_end=time.time(), target=old.name, action="restart", incarnation=k,
-                    pid=worker.popen.pid, spec=spec_path.name)
+        worker = run.restart(old)
+        self.started.append(worker)
+        self.record(run, t=t, t_end=time.time(), target=old.name, action="restart", incarnation=worker.incarnation,
+                    pid=worker.pid, spec=run.layout.spec(worker.stem).name)
 
 
 class PauseFault(ScheduledFault):
@@ -216,37 +157,36 @@ class PauseFault(ScheduledFault):
 
     def __init__(self, settings: PauseSettings, seed: int):
         super().__init__(settings, seed)
-        self.paused: list[tuple[float, float, Any, int]] = []  # (t stopped, due epoch, worker, pid)
+        self.paused: list[tuple[float, float, WorkerHandle, int | None]] = []  # (t stopped, due epoch, worker, pid)
 
-    def tick(self, ctx: Any) -> None:
+    def tick(self, run: RunControl) -> None:
         now = time.time()
         for item in [p for p in self.paused if p[1] <= now]:
-            self._resume(ctx, item, ended_by="schedule")
-        for _ in self.due(ctx, now):
-            self._pause_one(ctx)
+            self._resume(run, item, ended_by="schedule")
+        for _ in self.due(run, now):
+            self._pause_one(run)
 
-    def stop(self, ctx: Any) -> None:
+    def stop(self, run: RunControl) -> None:
         for item in list(self.paused):
-            self._resume(ctx, item, ended_by="end of run")
-        _record_missed(self, ctx, "pause")
+            self._resume(run, item, ended_by="end of run")
+        _record_missed(self, run, "pause")
 
-    def _pause_one(self, ctx: Any) -> None:
+    def _pause_one(self, run: RunControl) -> None:
         frozen = {id(p[2]) for p in self.paused}
-        candidates = [w for w in live_candidates(ctx.workers, self.settings.target) if id(w) not in frozen]
+        candidates = [w for w in live_candidates(run.workers(), self.settings.target) if id(w) not in frozen]
         t = time.time()
         if not candidates:
-            self.record(ctx, t=t, t_end=t, target=self.settings.target, action="pause-skipped",
+            self.record(run, t=t, t_end=t, target=self.settings.target, action="pause-skipped",
                         reason="no live worker that is not already paused")
             return
         worker = self.rng.choice(candidates)
-        pid = worker.popen.pid
-        if _send(worker, signal.SIGSTOP):
-            self.paused.append((t, t + self.settings.duration_ms / 1000.0, worker, pid))
+        if run.pause(worker):
+            self.paused.append((t, t + self.settings.duration_ms / 1000.0, worker, worker.pid))
 
-    def _resume(self, ctx: Any, item: tuple[float, float, Any, int], *, ended_by: str) -> None:
+    def _resume(self, run: RunControl, item: tuple[float, float, WorkerHandle, int | None], *, ended_by: str) -> None:
         self.paused.remove(item)
         t, _, worker, pid = item
-        resumed = _send(worker, signal.SIGCONT)
-        self.record(ctx, t=t, t_end=time.time(), target=worker.name, action="pause", signal="SIGSTOP",
+        resumed = run.resume(worker)
+        self.record(run, t=t, t_end=time.time(), target=worker.name, action="pause", signal="SIGSTOP",
                     pid=pid, role=worker.role, planned_ms=self.settings.duration_ms, resumed=resumed,
-                    ended_by=ended_by, offset_s=round(t - ctx.t_go, 3))
+                    ended_by=ended_by, offset_s=round(t - run.t_go, 3))

@@ -24,11 +24,11 @@ from __future__ import annotations
 
 import random
 import time
-from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from walstress.faults.base import Fault
-from walstress.scenario import ROLES, parse_duration_seconds
+from walstress.faults.base import Fault, RunControl, WorkerHandle
+from walstress.settings import parse_duration_seconds
+from walstress.runspec import WorkerSpec
 
 
 def parse_times(text: str) -> list[float]:
@@ -61,28 +61,30 @@ def check_schedule(section: str, at: str, every_ms: int, random_count: int) -> N
                          f"faults.{section}.every_ms or faults.{section}.random_count")
 
 
-def check_roles(section: str, key: str, text: str) -> list[str]:
+def check_roles(section: str, key: str, text: str, scenario: Any) -> list[str]:
+    roles = scenario.role_names()
     names = parse_names(text)
     if not names:
-        raise ValueError(f"faults.{section}.{key}: empty; a comma-separated list of roles ({', '.join(ROLES)})")
-    bad = [n for n in names if n not in ROLES]
+        raise ValueError(f"faults.{section}.{key}: empty; a comma-separated list of roles ({', '.join(roles)})")
+    bad = [n for n in names if n not in roles]
     if bad:
-        raise ValueError(f"faults.{section}.{key}: {bad[0]!r} is not a role; one of {', '.join(ROLES)}")
+        raise ValueError(f"faults.{section}.{key}: {bad[0]!r} is not a role; one of {', '.join(roles)}")
     return names
 
 
 def check_target(section: str, scenario: Any, target: str) -> None:
     """A role with workers, a worker name of the scenario, or "any"."""
+    roles = scenario.role_names()
     if target == "any":
         return
-    if target in ROLES:
+    if target in roles:
         if not scenario.workers_of(target):
             raise ValueError(f"faults.{section}.target: {target!r} but the scenario has no {target} workers")
         return
     names = [name for name, _ in scenario.worker_names()]
     if target not in names:
         shown = ", ".join(names[:8])
-        raise ValueError(f"faults.{section}.target: {target!r} is not \"any\", a role ({', '.join(ROLES)}) "
+        raise ValueError(f"faults.{section}.target: {target!r} is not \"any\", a role ({', '.join(roles)}) "
                          f"nor a worker of the scenario ({shown})")
 
 
@@ -100,11 +102,6 @@ def schedule_times(at: str, every_ms: int, random_count: int, duration: float, r
     return sorted(times)
 
 
-def run_duration(ctx: Any) -> float:
-    """The length of the run in flight (``--duration`` may override the scenario's)."""
-    return float(ctx.duration or ctx.scenario.duration)
-
-
 class ScheduledFault(Fault):
     """A controller-side fault acting at the times of its settings' schedule (``at``, ``every_ms``,
     ``random_count``), drawn from the run seed; ``done`` counts the times acted on (or skipped)."""
@@ -115,13 +112,13 @@ class ScheduledFault(Fault):
         self.times: list[float] = []
         self.done = 0
 
-    def start(self, ctx: Any) -> None:
+    def start(self, run: RunControl) -> None:
         s = self.settings
-        self.times = schedule_times(s.at, s.every_ms, s.random_count, run_duration(ctx), self.rng)
+        self.times = schedule_times(s.at, s.every_ms, s.random_count, run.duration, self.rng)
 
-    def due(self, ctx: Any, now: float) -> Iterator[int]:
+    def due(self, run: RunControl, now: float) -> Iterator[int]:
         """Indexes of the scheduled times reached by ``now``, each counted done before it is yielded."""
-        while self.done < len(self.times) and ctx.t_go + self.times[self.done] <= now:
+        while self.done < len(self.times) and run.t_go + self.times[self.done] <= now:
             self.done += 1
             yield self.done - 1
 
@@ -132,20 +129,20 @@ class ScheduledFault(Fault):
         return offsets
 
 
-def live_candidates(workers: Iterable[Any], target: str) -> list[Any]:
+def live_candidates(workers: Iterable[WorkerHandle], target: str) -> list[WorkerHandle]:
     """Live worker processes a target may mean, by name order."""
     out = []
     for worker in workers:
-        if worker.popen is None or worker.popen.poll() is not None:
+        if not worker.alive():
             continue
         if target == "any" or worker.role == target or worker.name == target:
             out.append(worker)
     return sorted(out, key=lambda w: w.name)
 
 
-def wait_for_go(spec: dict, stop: Any) -> float | None:
+def wait_for_go(spec: WorkerSpec, stop: Any) -> float | None:
     """Block until the controller's go file exists; its time, or None when stopped first."""
-    go_path = Path(spec["go_path"])
+    go_path = spec.layout.go
     while not stop.is_set():
         if go_path.exists():
             return time.time()

@@ -49,13 +49,16 @@ import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from walstress.faults.base import Fault, FaultSettings, register, setting
-from walstress.faults.vfs import SharedThrottle, ensure_registered, install, needs_apsw, run_dir_of
+from walstress.checks.findings import Finding, RunEvidence
+from walstress.faults.base import Fault, FaultSettings, RunControl, setting
+from walstress.faults.vfs import SharedThrottle, ensure_registered, install, needs_apsw
+from walstress.runspec import WorkerSpec
 
 BACKENDS = ("auto", "cgroup-v1", "cgroup-v2", "vfs")
 GROUP_PARENT = "walstress"
+THROTTLE_QUEUE = "throttle.queue"  # control file of the vfs backend
 
 
 # -------------------------------------------------------------- discovery
@@ -286,9 +289,9 @@ def _io_service_write_bytes(group: Path, device: str) -> int | None:
 
 
 # ------------------------------------------------------------------ section
-@register("throttle")
 @dataclass
 class ThrottleSettings(FaultSettings):
+    section: ClassVar[str] = "throttle"
     backend: str = setting("auto", choices=BACKENDS, doc="auto: the kernel (cgroups) where possible, else the VFS shim")
     write_bps: int = setting(0, min=0, kind="bytes", doc="write bytes per second for all workers together (0: no limit)")
     write_iops: int = setting(0, min=0, max=10_000_000, doc="write operations per second (0: no limit)")
@@ -317,27 +320,27 @@ class ThrottleSettings(FaultSettings):
         return ThrottleFault(self, scenario.sqlite.driver) if self.active else None
 
     # --------------------------------------------------------- worker side
-    def _resolve(self, spec: dict) -> tuple[str, str | None]:
-        return resolve_backend(self.backend, spec.get("driver", "stdlib"), run_dir_of(spec))
+    def _resolve(self, spec: WorkerSpec) -> tuple[str, str | None]:
+        return resolve_backend(self.backend, spec.connection.driver, spec.layout.run_dir)
 
-    def install_in_worker(self, spec: dict, history: Any, stop: Any) -> Any:
+    def install_in_worker(self, spec: WorkerSpec, history: Any, stop: Any) -> Any:
         if not self.active:
             return None
         backend, device = self._resolve(spec)
         if backend == "vfs":
             state, closer = install(spec, history, "throttle")
-            state.throttle = SharedThrottle(run_dir_of(spec) / "control" / "throttle.queue",
+            state.throttle = SharedThrottle(spec.layout.control_file(THROTTLE_QUEUE),
                                             write_bps=self.write_bps, write_iops=self.write_iops,
                                             read_bps=self.read_bps, read_iops=self.read_iops)
             return closer
-        group = group_path(backend, int(spec["parent_pid"]), spec["db_path"])
+        group = group_path(backend, spec.parent_pid, spec.db_path)
         create_group(backend, group, device or "", self)
         join_group(group, os.getpid())
-        history.record({"type": "note", "worker": spec["name"], "t": time.time(),
+        history.record({"type": "note", "worker": spec.name, "t": time.time(),
                         "msg": f"throttle: joined {group} ({backend}, device {device})"})
         return None
 
-    def open_connection_hook(self, spec: dict) -> str | None:
+    def open_connection_hook(self, spec: WorkerSpec) -> str | None:
         if not self.active:
             return None
         backend, _ = self._resolve(spec)
@@ -361,19 +364,19 @@ class ThrottleFault(Fault):
         self._next_poll = 0.0
         self.stopped = False
 
-    def start(self, ctx: Any) -> None:
-        self.backend, self.device = resolve_backend(self.settings.backend, self.driver, ctx.run_dir)
+    def start(self, run: RunControl) -> None:
+        self.backend, self.device = resolve_backend(self.settings.backend, self.driver, run.layout.run_dir)
         if self.backend != "vfs":
             self.stale_removed = remove_stale_groups(self.backend)
-            self.group = group_path(self.backend, os.getpid(), str(ctx.db_path))
+            self.group = group_path(self.backend, os.getpid(), str(run.layout.db_path))
             self.kernel_bytes_start = _io_service_write_bytes(self.group, self.device or "")
         self.t_start = time.time()
-        self._poll(ctx, first=True)
+        self._poll(run, first=True)
 
-    def _poll(self, ctx: Any, first: bool = False) -> None:
+    def _poll(self, run: RunControl, first: bool = False) -> None:
         import psutil
 
-        for name, pid in ctx.live_pids().items():
+        for name, pid in run.live_pids().items():
             try:
                 written = psutil.Process(pid).io_counters().write_bytes
             except (psutil.Error, AttributeError):
@@ -382,17 +385,17 @@ class ThrottleFault(Fault):
                 self.first.setdefault(pid, written)
             self.last[pid] = written
 
-    def tick(self, ctx: Any) -> None:
+    def tick(self, run: RunControl) -> None:
         now = time.monotonic()
         if now >= self._next_poll and not self.stopped:
             self._next_poll = now + 0.25
-            self._poll(ctx)
+            self._poll(run)
 
-    def stop(self, ctx: Any) -> None:
+    def stop(self, run: RunControl) -> None:
         if self.stopped or self.backend is None:
             return
         self.stopped = True
-        self._poll(ctx)
+        self._poll(run)
         t_end = time.time()
         seconds = max(1e-6, t_end - self.t_start)
         written = sum(self.last[pid] - self.first[pid] for pid in self.last)
@@ -418,4 +421,22 @@ class ThrottleFault(Fault):
             detail["group_removed"] = not self.group.exists()
             if self.stale_removed:
                 detail["stale_groups_removed"] = self.stale_removed
-        self.record(ctx, t=self.t_start, t_end=t_end, target="all workers", **detail)
+        self.record(run, t=self.t_start, t_end=t_end, target="all workers", **detail)
+
+
+def judge_throttle(run: RunEvidence) -> list[Finding]:
+    """Judge hook: the rate the throttle reached (run.json ``throttle``); no finding of its own."""
+    records = [r for r in run.records if r.get("type") == "fault" and r.get("name") == "throttle"]
+    if not records:
+        return []
+    info = dict(records[-1].get("detail") or {})
+    vfs = run.extras.get("vfs")
+    seconds = info.get("seconds")
+    if info.get("backend") == "vfs" and vfs and seconds:
+        # what SQLite wrote through the shim: the quantity the vfs backend limits
+        info["shim_write_bps"] = round(vfs.get("write_bytes", 0) / seconds, 1)
+        limit = info.get("write_bps_limit")
+        if limit:
+            info["shim_to_limit"] = round(info["shim_write_bps"] / limit, 4)
+    run.extras["throttle"] = info
+    return []

@@ -52,9 +52,11 @@ import zlib
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, ClassVar, Iterator
 
-from walstress.faults.base import FaultSettings, register, setting
+from walstress.checks.findings import Finding, RunEvidence
+from walstress.faults.base import FaultSettings, RunControl, setting
+from walstress.runspec import WorkerSpec
 
 SHIM_VFS_NAME = "walstress-shim"
 
@@ -67,11 +69,6 @@ STAMP_SLOTS = 512  # shared "a sync of this file began at" stamps, 8 bytes each
 # SQLite open flags (sqlite3.h)
 _OPEN_MAIN_DB = 0x00000100
 _OPEN_WAL = 0x00080000
-
-def run_dir_of(spec: dict) -> Path:
-    """A worker's run dir: the parent of its control folder."""
-    return Path(spec["go_path"]).parent.parent
-
 
 def needs_apsw(section: str, scenario: Any, what: str) -> None:
     """ValueError naming the key when a fault needs the shim but the driver is stdlib."""
@@ -383,18 +380,18 @@ def shim_state() -> ShimState:
     return _STATE
 
 
-def install(spec: dict, history: Any, feature: str) -> tuple[ShimState, Any]:
+def install(spec: WorkerSpec, history: Any, feature: str) -> tuple[ShimState, Any]:
     """Set up this process's shim state; the first caller gets the closer that records vfs_stats."""
     state = shim_state()
     first = not state.installed_by
     state.installed_by.append(feature)
     state.history = history
-    state.worker = spec["name"]
+    state.worker = spec.name
     if first:
-        state.rng = random.Random(f"{spec['seed']}:{spec['name']}:vfs")
+        state.rng = random.Random(f"{spec.seed}:{spec.name}:vfs")
 
         def closer() -> None:
-            history.record({"type": "vfs_stats", "worker": spec["name"], "pid": os.getpid(), "t": time.time(),
+            history.record({"type": "vfs_stats", "worker": spec.name, "pid": os.getpid(), "t": time.time(),
                             **state.snapshot()})
 
         return state, closer
@@ -534,11 +531,20 @@ def summarize_vfs_stats(records: list[dict[str, Any]]) -> dict[str, Any] | None:
     return out
 
 
+def judge_shim(run: RunEvidence) -> list[Finding]:
+    """Judge hook: what the shim did in every worker (run.json ``vfs``); no finding of its own."""
+    vfs = summarize_vfs_stats(run.records)
+    if vfs is not None:
+        run.extras["vfs"] = vfs
+    return []
+
+
 # ------------------------------------------------------------------ io_delay
-@register("io_delay")
 @dataclass
 class IoDelaySettings(FaultSettings):
     """A sleep before every read and/or write SQLite makes (through the VFS shim)."""
+
+    section: ClassVar[str] = "io_delay"
 
     read_ms: float = setting(0.0, min=0.0, max=10_000.0, doc="delay before each read, milliseconds")
     write_ms: float = setting(0.0, min=0.0, max=10_000.0, doc="delay before each write, milliseconds")
@@ -562,14 +568,14 @@ class IoDelaySettings(FaultSettings):
         class IoDelayFault(Fault):
             name = "io_delay"
 
-            def stop(self, ctx: Any) -> None:
-                self.record(ctx, t=ctx.t_go or time.time(), t_end=time.time(), target="all workers",
+            def stop(self, run: RunControl) -> None:
+                self.record(run, t=run.t_go or time.time(), t_end=time.time(), target="all workers",
                             read_ms=settings.read_ms, write_ms=settings.write_ms, random=settings.random,
                             via="vfs")
 
         return IoDelayFault()
 
-    def install_in_worker(self, spec: dict, history: Any, stop: Any) -> Any:
+    def install_in_worker(self, spec: WorkerSpec, history: Any, stop: Any) -> Any:
         if not self.active:
             return None
         state, closer = install(spec, history, "io_delay")
@@ -578,5 +584,5 @@ class IoDelaySettings(FaultSettings):
         state.delay_random = self.random
         return closer
 
-    def open_connection_hook(self, spec: dict) -> str | None:
+    def open_connection_hook(self, spec: WorkerSpec) -> str | None:
         return ensure_registered() if self.active else None

@@ -5,7 +5,8 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from walstress.scenario import FAULT_SECTIONS
+from walstress.runspec import WorkerSpec
+
 
 
 class WorkerHooks:
@@ -16,7 +17,7 @@ class WorkerHooks:
         self.vfs_name: str | None = None
         self._closers: list[Any] = []
 
-    def install(self, spec: dict, history: Any, stop: threading.Event) -> None:
+    def install(self, spec: WorkerSpec, history: Any, stop: threading.Event) -> None:
         for section in self.sections.values():
             install = getattr(section, "install_in_worker", None)
             if install is not None:
@@ -37,13 +38,12 @@ class WorkerHooks:
                 pass
 
 
-def worker_hooks(spec: dict) -> WorkerHooks:
-    import walstress.faults  # noqa: F401  (registers every section)
+def worker_hooks(spec: WorkerSpec) -> WorkerHooks:
+    from walstress.faults.registry import FAULTS
 
     sections = {}
-    for name, values in (spec.get("faults") or {}).items():
-        cls = FAULT_SECTIONS.get(name)
-        if cls is None:
+    for name, values in (spec.faults).items():
+        if name not in FAULTS:
             raise RuntimeError(f"unknown fault section {name!r} in the worker spec")
-        sections[name] = cls(**values)
+        sections[name] = FAULTS.get(name)(**values)
     return WorkerHooks(sections)

@@ -199,7 +199,7 @@ def environment_section(page: P.Page, env: dict[str, Any] | None, run_dir: Path,
     page.h(level, "Environment")
     read_now = not env
     if not env:
-        from walstress.matrix import environment_info
+        from walstress.environment import environment_info
 
         env = environment_info(run_dir)
     page.table(["what", "value"], P.environment_rows(env, read_now=read_now))

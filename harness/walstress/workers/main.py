@@ -1,4 +1,4 @@
-"""Worker process: ``python -m walstress.workers SPEC.json``.
+"""Worker process: ``python -m walstress.workers SPEC.json`` (a :class:`~walstress.runspec.WorkerSpec`).
 
 A worker is started by the controller as a fresh interpreter (never a fork
 of a process holding a connection). It runs ``threads`` connections of one
@@ -11,20 +11,19 @@ within a few seconds, flushing what it recorded.
 from __future__ import annotations
 
 import ctypes
-import json
 import os
 import signal
 import sys
 import threading
 import time
 import traceback
-from pathlib import Path
 
 from walstress.faults.worker_side import worker_hooks
 from walstress.history import HistoryWriter
+from walstress.loading import load_object
+from walstress.runspec import WorkerSpec
 from walstress.sqlite.driver import library_info
-from walstress.workers.registry import ROLE_CLASSES
-from walstress.workers.roles import WorkerContext
+from walstress.workers.base import WorkerContext
 
 EXIT_OK = 0
 EXIT_CRASH = 3
@@ -60,37 +59,47 @@ def _watch_parent(parent_pid: int, stop: threading.Event, done: threading.Event)
 
 
 def main(spec_path: str) -> int:
-    spec = json.loads(Path(spec_path).read_text())
+    spec = WorkerSpec.read(spec_path)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the controller's to handle
     stop = threading.Event()
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     _die_with_parent()
-    parent_pid = int(spec["parent_pid"])
+    parent_pid = spec.parent_pid
     if os.getppid() != parent_pid:
         return EXIT_ORPHANED
     threading.Thread(target=_watch_parent, args=(parent_pid, stop, done), daemon=True).start()
 
-    history = HistoryWriter(spec["history_path"])
-    name, role = spec["name"], spec["role"]
+    layout = spec.layout
+    history = HistoryWriter(layout.history(spec.stem))
+    name, role, driver = spec.name, spec.role, spec.connection.driver
     try:
-        info = library_info(spec["driver"])
+        info = library_info(driver)
     except Exception as exc:  # the binding itself failed to load
-        history.record({"type": "worker_error", "worker": name, "t": time.time(), "msg": f"cannot load {spec['driver']}: {exc}"})
+        history.record({"type": "worker_error", "worker": name, "t": time.time(), "msg": f"cannot load {driver}: {exc}"})
         history.close()
         return EXIT_CRASH
     history.record({
         "type": "worker_start", "worker": name, "role": role, "pid": os.getpid(), "t": time.time(),
         "driver": info["driver"], "sqlite_version": info["sqlite_version"], "module_version": info["module_version"],
-        "module_path": info["module_path"], "threads": spec["worker"]["threads"],
+        "module_path": info["module_path"], "threads": spec.threads,
     })
-    expected = spec.get("expected_sqlite_version", "system")
+    expected = spec.connection.expected_sqlite_version
     if expected != "system" and info["sqlite_version"] != expected:
         history.record({"type": "worker_error", "worker": name, "t": time.time(),
                         "msg": f"loaded SQLite {info['sqlite_version']} but {expected} was asked for"})
         history.close()
         return EXIT_VERSION_MISMATCH
 
+    try:
+        role_cls = load_object(spec.actor, fallback_file=spec.role_file)
+        settings_cls = load_object(spec.settings_class, fallback_file=spec.role_file)
+        settings = settings_cls(**spec.settings)
+    except Exception as exc:
+        history.record({"type": "worker_error", "worker": name, "t": time.time(),
+                        "msg": f"cannot load the {role} role: {exc}", "traceback": traceback.format_exc(limit=8)})
+        history.close()
+        return EXIT_CRASH
     try:
         hooks = worker_hooks(spec)
         hooks.install(spec, history, stop)
@@ -99,9 +108,8 @@ def main(spec_path: str) -> int:
                         "msg": f"fault hooks failed: {exc!r}", "traceback": traceback.format_exc(limit=8)})
         history.close()
         return EXIT_CRASH
-    ctx = WorkerContext(spec=spec, history=history, stop=stop, vfs_name=hooks.vfs_name)
-    role_cls = ROLE_CLASSES[role]
-    threads_n = int(spec["worker"]["threads"])
+    ctx = WorkerContext(spec=spec, settings=settings, history=history, stop=stop, vfs_name=hooks.vfs_name)
+    threads_n = spec.threads
     ready = threading.Barrier(threads_n + 1)
     go = threading.Event()
     failures: list[str] = []
@@ -144,8 +152,8 @@ def main(spec_path: str) -> int:
         stop.set()
     history.record({"type": "worker_ready", "worker": name, "t": time.time()})
     history.flush()
-    Path(spec["ready_path"]).touch()
-    go_path = Path(spec["go_path"])
+    layout.ready(spec.stem).touch()
+    go_path = layout.go
     while not stop.is_set() and not go_path.exists():
         stop.wait(0.005)
     go.set()

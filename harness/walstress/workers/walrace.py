@@ -43,15 +43,40 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from typing import Any
+from typing import Any, ClassVar
+
+from dataclasses import dataclass
 
 from walstress.ledger import LedgerOp, content_crc
+from walstress.scenario import WorkerSettings
+from walstress.settings import SettingError, setting
 from walstress.sqlite.driver import Connection, is_sqlite_error
-from walstress.workers.roles import Actor, WorkerContext, roll_back_failed
+from walstress.workers.base import Actor, Role, WorkerContext, roll_back_failed
 
 VERIFY_WINDOW = 1000       # canaries read back after each round (the most recent ones)
 MIN_CANARY_BYTES = 24      # rows with shorter content are not used as canaries
 PICK_ATTEMPTS = 50
+
+
+@dataclass
+class WalResetRaceSettings(WorkerSettings):
+    writes_ledger: ClassVar[bool] = True
+
+    rounds: int = setting(0, min=0, max=100_000_000, doc="rounds to run, 0 = until the run ends")
+    stop_on_loss: bool = setting(True, doc="stop once a canary write is seen lost")
+
+    def validate(self, scenario: Any) -> None:
+        if self.threads != 1:
+            raise SettingError("workers.wal-reset-race.threads", "must be 1 (the role runs its own racing thread)")
+        if scenario.checkpoint.mode == "NONE" or scenario.database.journal_mode != "WAL":
+            raise SettingError("checkpoint.mode", 'the wal-reset-race role needs WAL and a checkpoint mode other '
+                                                  'than "NONE"')
+        others = [w for w in scenario.active_workers() if w is not self]
+        if self.count != 1 or any(w.role == self.role or type(w).shares_template_rows for w in others):
+            # its canaries update any template row: a second writer of the same rows would make
+            # the ledger's expected state ambiguous
+            raise SettingError("workers.wal-reset-race.count", "must be 1, and the role cannot share a scenario "
+                                                               "with roles that update template rows (writer, opener)")
 
 
 class WalResetRace(Actor):
@@ -64,8 +89,8 @@ class WalResetRace(Actor):
         self.completer: Connection | None = None
         self.racer: Connection | None = None
         self.expected: "OrderedDict[int, int]" = OrderedDict()  # row id -> content crc
-        self.rounds_limit = int(self.options.get("rounds", 0))
-        self.stop_on_loss = bool(self.options.get("stop_on_loss", True))
+        self.rounds_limit = int(self.options.rounds)
+        self.stop_on_loss = bool(self.options.stop_on_loss)
         self.rounds_done = 0
         self.first_loss: dict[str, Any] | None = None
 
@@ -75,7 +100,7 @@ class WalResetRace(Actor):
         self.writer = self.open()
         self.completer = self.open()
         self.racer = self.open()
-        low, high = self.spec.get("template_id_range", [0, 0])
+        low, high = self.spec.facts.id_range
         self.low, self.high = int(low), int(high)
         if self.high <= self.low:
             raise RuntimeError("wal-reset-race needs a template with messages rows to use as canaries")
@@ -249,3 +274,6 @@ class WalResetRace(Actor):
                         + (f"first lost canary in round {self.first_loss['round']} after "
                            f"{self.first_loss['elapsed_s']} s" if self.first_loss else "no canary read back wrong")),
             })
+
+
+ROLE = Role("wal-reset-race", WalResetRaceSettings, WalResetRace)

@@ -1,56 +1,30 @@
-"""Run every cell of a scenario, repeats included, and aggregate results.json."""
+"""Run every cell of a scenario, repeats included, judge each run, and aggregate results.json.
+
+For each cell and repeat: the controller runs it (``controller.execute_run``),
+then the judge reads what it left (``judge.judge_run``). Shards (``--shard
+K/N``) run a share of the cells; :func:`merge_results` joins them again.
+"""
 
 from __future__ import annotations
 
 import json
 import os
-import platform
-import sqlite3
-import sys
 import time
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
 from walstress import __version__
+from walstress.checks.findings import matches
 from walstress.controller import execute_run
+from walstress.database.template import get_template
+from walstress.environment import environment_info
 from walstress.errors import EnvironmentProblem
+from walstress.faults.base import FaultPlan, build_plan
+from walstress.judge import judge_run
 from walstress.scenario import Cell, Scenario, expand_matrix, scenario_to_jsonable
-from walstress.verdict import matches
 
 RESULTS_SCHEMA_VERSION = 1
-
-
-def environment_info(run_dir: Path | None = None) -> dict[str, Any]:
-    info: dict[str, Any] = {
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "kernel": platform.release(),
-        "machine": platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "system_sqlite": sqlite3.sqlite_version,
-    }
-    try:  # the CPU's model name, for the report's environment section (Linux)
-        with open("/proc/cpuinfo") as handle:
-            info["cpu_model"] = next((line.split(":", 1)[1].strip() for line in handle
-                                      if line.lower().startswith("model name")), platform.processor())
-    except OSError:
-        info["cpu_model"] = platform.processor()
-    try:
-        import psutil
-
-        info["memory_bytes"] = psutil.virtual_memory().total
-        if run_dir is not None:
-            best = None
-            target = str(Path(run_dir).resolve())
-            for part in psutil.disk_partitions(all=True):
-                if target.startswith(part.mountpoint) and (best is None or len(part.mountpoint) > len(best.mountpoint)):
-                    best = part
-            if best is not None:
-                info["filesystem"] = {"type": best.fstype, "mountpoint": best.mountpoint, "device": best.device}
-    except Exception:
-        pass
-    return info
 
 
 def sqlite_paths_for(scenario: Scenario) -> list[str]:
@@ -114,7 +88,7 @@ def summarize_cell(cell_id: str, label: str, params: dict[str, Any], expect: str
 
 
 def run_scenario(scenario: Scenario, out_dir: str | Path, *, repeat: int | None = None,
-                 duration: float | None = None, cache_dir: str | Path | None = None,
+                 cache_dir: str | Path | None = None,
                  console: Any = None, cells_filter: Callable[[list[Cell]], list[Cell]] | None = None,
                  shard: tuple[int, int] | None = None) -> dict[str, Any]:
     """Run a scenario (all cells x repeats) into out_dir; write and return results.json's content.
@@ -122,8 +96,6 @@ def run_scenario(scenario: Scenario, out_dir: str | Path, *, repeat: int | None 
     ``shard = (K, N)`` runs only the cells whose index % N == K - 1 (cell ids
     stay global); ``merge_results`` joins the shards' folders again.
     """
-    from walstress.database.template import get_template
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
@@ -175,10 +147,10 @@ def run_scenario(scenario: Scenario, out_dir: str | Path, *, repeat: int | None 
             seed = cs.seed + index
             if console:
                 console.run_started(cell, index, repeats, run_dir)
-            fault_plan = _fault_plan(cs, seed)
-            result = execute_run(cs, run_dir, template, seed=seed, sqlite_paths=sqlite_paths, duration=duration,
-                                 progress=partial(console.run_progress, cell, index) if console else None,
-                                 faults=fault_plan)
+            execute_run(cs, run_dir, template, seed=seed, sqlite_paths=sqlite_paths,
+                        progress=partial(console.run_progress, cell, index) if console else None,
+                        faults=_fault_plan(cs, seed))
+            result = judge_run(run_dir)
             result["repeat_index"] = index
             runs.append(result)
             if console:
@@ -190,13 +162,9 @@ def run_scenario(scenario: Scenario, out_dir: str | Path, *, repeat: int | None 
     return results
 
 
-def _fault_plan(scenario: Scenario, seed: int) -> Any:
-    """The faults package builds the plan; absent faults, None."""
-    if not scenario.faults:
-        return None
-    from walstress.faults import build_plan
-
-    return build_plan(scenario, seed)
+def _fault_plan(scenario: Scenario, seed: int) -> FaultPlan | None:
+    """The run's faults (None when the scenario has none)."""
+    return build_plan(scenario, seed) if scenario.faults else None
 
 
 def _write_results(results: dict[str, Any], path: Path, started: float, *, keep_times: bool = False) -> None:
@@ -226,7 +194,7 @@ def load_results(path: str | Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def rejudge_dir(target: str | Path, judge: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
+def rejudge_dir(target: str | Path, judge: Callable[[Path], dict[str, Any]] = judge_run) -> dict[str, Any]:
     """Judge every run under an output folder again and rewrite results.json.
 
     Works on a folder whose controller died: cells and runs are found on disk,
