@@ -2,7 +2,7 @@
 
     nox                       lint, tests and smoke (the default)
     nox -s tests -- -n auto   the default test suite; arguments go to pytest
-    nox -s lint               ruff and mypy on harness/
+    nox -s lint               ruff, mypy and the layering contracts (lint-imports)
     nox -s smoke              the 15 s smoke scenario
     nox -s stress             full-size (65K pages) healthy stress, a matrix of checkpoint modes
     nox -s repro              every shipped reproduction (scenarios/*.toml but smoke) against its expect
@@ -127,10 +127,11 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """ruff and mypy on harness/ (rules and settings in pyproject.toml)."""
+    """ruff, mypy and the import-linter contracts of the layers (rules and settings in pyproject.toml)."""
     _install(session, "lint")
-    session.run("ruff", "check", "harness", "noxfile.py")
+    session.run("ruff", "check", "harness", "noxfile.py", "tests")
     session.run("mypy")
+    session.run("lint-imports")
 
 
 @nox.session

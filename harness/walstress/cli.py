@@ -25,7 +25,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-    from walstress import __version__
+    from walstress.version import __version__
 
     parser = _Parser(prog="walstress", description="Reproduce SQLite WAL corruption on demand.")
     parser.add_argument("--version", action="version", version=f"walstress {__version__}")

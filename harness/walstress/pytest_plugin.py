@@ -111,7 +111,7 @@ def _requested_files(config: pytest.Config) -> set[Path]:
 def pytest_report_header(config: pytest.Config) -> str | None:
     if not config.stash.get(_REQUESTED, None):
         return None
-    from walstress import __version__
+    from walstress.version import __version__
 
     return f"walstress {__version__}, SQLite {sqlite3.sqlite_version} (python stdlib)"
 

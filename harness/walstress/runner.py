@@ -14,7 +14,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
-from walstress import __version__
+from walstress.version import __version__
 from walstress.checks.findings import matches
 from walstress.controller import execute_run
 from walstress.database.template import get_template

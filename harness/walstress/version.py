@@ -1,0 +1,3 @@
+"""walstress's version, importable from every layer."""
+
+__version__ = "0.1.0"
