@@ -226,6 +226,10 @@ class Registry(Generic[T]):
         self._entries[name] = entry
         return entry
 
+    def unregister(self, name: str) -> T | None:
+        """Remove an entry (a test's own role or check, say); what was registered under name, if any."""
+        return self._entries.pop(name, None)
+
     def get(self, name: str) -> T:
         try:
             return self._entries[name]
