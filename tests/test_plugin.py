@@ -213,3 +213,21 @@ def test_regression_fails_both_ways_with_the_run_dir(pytester, shared_cache):
         failure = cases[name].find("failure")
         assert failure is not None
         assert "run dir: " in failure.get("message", "") + (failure.text or "")
+
+
+def test_a_project_with_its_own_harness_package_keeps_it(pytester):
+    """walstress's import package is `walstress`: a project's own `harness` package is not shadowed,
+    while the walstress plugin (loaded in every pytest run of this environment) still works."""
+    pytester.mkpydir("harness")
+    (pytester.path / "harness" / "__init__.py").write_text("ANSWER = 42\n")
+    pytester.makepyfile(test_own="""
+        import harness
+
+        def test_own_harness(walstress_template):
+            assert harness.ANSWER == 42
+            assert harness.__file__.startswith(str(__import__("pathlib").Path(__file__).parent))
+            assert walstress_template(schema="minimal", pages=50).exists()
+        """)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-q")
+    result.assert_outcomes(passed=1)
+    assert "--walstress-scenarios" in pytester.runpytest_subprocess("--help").stdout.str()
