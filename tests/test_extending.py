@@ -62,7 +62,8 @@ def test_a_registered_check_votes_on_the_verdict(cache_dir, tmp_path, counter_ro
                                          "duration_ms": 1600}), tmp_path / "paused")
     res = frozen.runs[0]
     assert res["verdict"] == "errors" and res["reason"].startswith("no operation finished for"), res["reason"]
-    assert {"check": "stall", "verdict": "errors", "reason": res["reason"], "excuses": []} in res["findings"]
+    assert {"check": "stall", "verdict": "errors", "reason": res["reason"], "excuses": [],
+            "excused": False} in res["findings"]
     steady = run(counter_scenario(), tmp_path / "steady").runs[0]
     assert steady["verdict"] == "clean", steady["reason"]
     assert not [f for f in steady["findings"] if f["check"] == "stall"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +61,7 @@ def run(scenario: Scenario | str | Path | dict, out_dir: str | Path | None = Non
     if not isinstance(scenario, Scenario):
         scenario = load_scenario(scenario, overrides)
     elif overrides:
+        scenario = copy.deepcopy(scenario)  # the caller's scenario stays as it was
         apply_overrides(scenario, overrides)
     if out_dir is None:
         out_dir = Path("reports") / f"{scenario.name}-{time.strftime('%Y%m%d-%H%M%S')}"

@@ -69,7 +69,7 @@ def build_specs(scenario: Scenario, layout: RunLayout, facts: TemplateFacts, *, 
         specs.append(WorkerSpec(
             name=name, role=settings.role, actor=role.actor_path, settings_class=role.settings_path,
             role_file=role.module_file, settings=settings_to_dict(settings),
-            writes_ledger=type(settings).writes_ledger, run_dir=str(layout.run_dir), seed=seed,
+            writes_ledger=settings.expects_writes(), run_dir=str(layout.run_dir), seed=seed,
             duration=scenario.duration, parent_pid=os.getpid(), schema=scenario.database.schema,
             database_seed=scenario.database.seed, connection=connection, checkpoint=scenario.checkpoint,
             facts=facts, partition=(base, partition_total), sqlite_paths=tuple(sqlite_paths), faults=faults,

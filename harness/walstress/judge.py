@@ -14,26 +14,21 @@ import time
 from pathlib import Path
 from typing import Any
 
-from walstress.checks.findings import Finding, RunEvidence, compose
+from walstress.checks.findings import Finding, RunEvidence, compose, excused_checks
 from walstress.checks.registry import CHECKS
 from walstress.faults.registry import JUDGE_HOOKS
 from walstress.faults.summary import summarize_faults
 from walstress.history import by_type, read_history
 from walstress.layout import RunLayout
 from walstress.metrics import summarize_history
-from walstress.runspec import read_specs
+from walstress.runspec import worker_summaries
 
 
 def _worker_report(records: list[dict[str, Any]], layout: RunLayout) -> tuple[list[dict], list[str]]:
     """Per worker: role, pid, SQLite version really loaded, exit code; and the problems seen."""
-    workers: dict[str, dict[str, Any]] = {}
-    for spec in read_specs(layout):
-        if spec.name in workers:  # a later incarnation of the same worker
-            continue
-        workers[spec.name] = {"name": spec.name, "role": spec.role, "threads": spec.threads,
-                              "expected_sqlite_version": spec.connection.expected_sqlite_version,
-                              "sqlite_version": None, "driver": spec.connection.driver, "exit_code": None,
-                              "starts": 0, "writes_ledger": spec.writes_ledger}
+    workers: dict[str, dict[str, Any]] = {
+        entry["name"]: {**entry, "sqlite_version": None, "exit_code": None, "starts": 0}
+        for entry in worker_summaries(layout)}
     problems: list[str] = []
     for rec in records:
         name = rec.get("worker")
@@ -102,7 +97,7 @@ def judge_run(run_dir: str | Path) -> dict[str, Any]:
         "seed": meta.get("seed"),
         "verdict": verdict,
         "reason": reason,
-        "findings": [f.to_dict() for f in findings],
+        "findings": [f.to_dict(excused=f.check in excused_checks(findings)) for f in findings],
         "partial": partial,
         "duration_s": round(t_stop - t_go, 3) if (t_go and t_stop) else 0.0,
         "planned_duration_s": meta.get("duration"),

@@ -65,7 +65,10 @@ def load_module(module: str, *, base_dir: str | Path | None = None, fallback_fil
 def load_object(text: str, *, base_dir: str | Path | None = None, fallback_file: str | None = None) -> Any:
     """The object ``text`` names; LoadError saying what went wrong."""
     module_name, attr = split_path(text)
-    module = load_module(module_name, base_dir=base_dir, fallback_file=fallback_file)
+    if module_name == "__main__" and fallback_file:  # defined in a script: in a worker, __main__ is the worker
+        module = _module_from_file(Path(fallback_file))
+    else:
+        module = load_module(module_name, base_dir=base_dir, fallback_file=fallback_file)
     target: Any = module
     for part in attr.split("."):
         try:

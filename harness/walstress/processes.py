@@ -170,7 +170,7 @@ class WorkerPool:
         """SIGTERM every live worker, wait, SIGKILL what is left, reap all."""
         live = self.live()
         for worker in live:
-            worker.ending = STOPPED
+            worker.ending = worker.ending or STOPPED  # a fault's kill that is not reaped yet stays one
             self.signal(worker, signal.SIGTERM)
             self.signal(worker, signal.SIGCONT)  # a worker still frozen by a pause fault must run to stop
         deadline = time.monotonic() + grace_s
@@ -179,7 +179,8 @@ class WorkerPool:
             try:
                 worker.popen.wait(timeout=max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                worker.ending = KILLED_AT_STOP
+                if worker.ending == STOPPED:
+                    worker.ending = KILLED_AT_STOP
                 self.signal(worker, signal.SIGKILL)
         self.reap_all()
 

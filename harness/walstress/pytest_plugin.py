@@ -379,7 +379,12 @@ class ScenarioFile(pytest.File):
     """A scenario TOML file: one item per matrix cell."""
 
     def _overrides(self) -> list[str]:
-        return [str(o) for o in self.config.getoption("walstress_set") or []]
+        """--walstress-set, and --walstress-duration as the override duration=X (collected and run alike)."""
+        overrides = [str(o) for o in self.config.getoption("walstress_set") or []]
+        duration = self.config.getoption("walstress_duration")
+        if duration is not None:
+            overrides.append(f"duration={duration}")
+        return overrides
 
     def collect(self) -> Iterator[pytest.Item]:
         from walstress.api import load_scenario
@@ -426,7 +431,6 @@ class ScenarioCell(pytest.Item):
         parent = self.parent
         assert isinstance(parent, ScenarioFile)
         result = _run_scenario(self.config, self.path, parent._overrides(), self._out_dir(),
-                               duration=self.config.getoption("walstress_duration"),
                                repeat=self.config.getoption("walstress_repeat"), cell_index=self.cell_index)
         record_result(self, result)
         _fail_if_mismatch(result)

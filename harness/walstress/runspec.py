@@ -149,6 +149,30 @@ class WorkerSpec:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
 
+def worker_summaries(layout: RunLayout) -> list[dict[str, Any]]:
+    """What the judge needs of each worker a run started (first incarnations, by name), from the specs of
+    this format or of the first one (run dirs written before the run contract was typed)."""
+    out: dict[str, dict[str, Any]] = {}
+    entry: dict[str, Any]
+    for path in sorted(layout.specs_dir.glob("*.json")):
+        try:
+            data = json.loads(path.read_text())
+            if data.get("format") == SPEC_FORMAT:
+                spec = WorkerSpec.from_dict(data)
+                entry = {"name": spec.name, "role": spec.role, "threads": spec.threads,
+                         "expected_sqlite_version": spec.connection.expected_sqlite_version,
+                         "driver": spec.connection.driver, "writes_ledger": spec.writes_ledger}
+            else:  # format 1: the role's settings under "worker", the connection's at the top
+                entry = {"name": data["name"], "role": data["role"], "threads": data["worker"]["threads"],
+                         "expected_sqlite_version": data.get("expected_sqlite_version", "system"),
+                         "driver": data.get("driver"),
+                         "writes_ledger": data["role"] in ("writer", "wal-reset-race")}
+        except (ValueError, KeyError, TypeError):
+            continue
+        out.setdefault(str(entry["name"]), entry)
+    return list(out.values())
+
+
 def read_specs(layout: RunLayout) -> list[WorkerSpec]:
     """Every spec a run wrote (first incarnations and restarts), by file name."""
     specs = []

@@ -106,6 +106,8 @@ class WorkerSettings:
     writes_ledger: ClassVar[bool] = False
     # it updates and deletes template rows: the template's ids are split among such threads
     shares_template_rows: ClassVar[bool] = False
+    # it runs checkpoint.fts_maintenance
+    runs_fts_maintenance: ClassVar[bool] = False
 
     role: str = setting("writer", doc="the worker role")
     count: int = setting(1, min=0, max=256)
@@ -115,6 +117,11 @@ class WorkerSettings:
 
     def validate(self, scenario: "Scenario") -> None:
         """Raise SettingError (or ValueError) for a combination this role cannot run."""
+
+    def expects_writes(self) -> bool:
+        """Whether this worker's acknowledged writes are expected in the ledger: when every such worker
+        of a finished run acknowledged none, the run says "errors"."""
+        return type(self).writes_ledger
 
 
 @dataclass(frozen=True)
@@ -495,7 +502,8 @@ def add_matrix_axis(scenario: Scenario, key: str, values: Any, *, source: str) -
             apply_setting(probe, key, value, source=source)
         except ScenarioError as exc:
             raise ScenarioError(source, where, exc.message) from None
-        checked.append(key_value(probe, key))
+        # the combined key keeps its words ("system", "3.51.2"): they name the cells
+        checked.append(value.strip() if key == "sqlite" and isinstance(value, str) else key_value(probe, key))
     scenario.matrix[key] = checked
 
 
@@ -514,6 +522,9 @@ def validate(scenario: Scenario) -> None:
         raise ScenarioError(src, "checkpoint.after_fts_maintenance", 'is true but checkpoint.fts_maintenance is "none"')
     if ck.after_fts_maintenance and ck.mode == "NONE":
         raise ScenarioError(src, "checkpoint.after_fts_maintenance", 'is true but checkpoint.mode is "NONE"')
+    if ck.fts_maintenance != "none" and not any(type(w).runs_fts_maintenance for w in active):
+        raise ScenarioError(src, "checkpoint.fts_maintenance", "is done by writers, but the scenario has no "
+                                                               "writer workers")
     for item in [*active, *scenario.faults.values()]:
         check = getattr(item, "validate", None)
         if check is None:

@@ -46,9 +46,9 @@ class Finding:
         if self.verdict not in SEVERITY:
             raise ValueError(f"finding of {self.check}: unknown verdict {self.verdict!r}")
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, *, excused: bool = False) -> dict[str, Any]:
         return {"check": self.check, "verdict": self.verdict, "reason": self.reason,
-                "excuses": list(self.excuses)}
+                "excuses": list(self.excuses), "excused": excused}
 
 
 @dataclass
@@ -78,9 +78,14 @@ class Check(Protocol):
     def __call__(self, run: RunEvidence) -> list[Finding]: ...
 
 
+def excused_checks(findings: Sequence[Finding]) -> set[str]:
+    """The checks whose findings another finding excuses."""
+    return {name for finding in findings for name in finding.excuses}
+
+
 def compose(findings: Sequence[Finding], clean_reason: str) -> tuple[str, str]:
     """(verdict, reason) by the rule in the module docstring."""
-    excused = {name for finding in findings for name in finding.excuses}
+    excused = excused_checks(findings)
     voting = [f for f in findings if f.check not in excused]
     worst = max((SEVERITY[f.verdict] for f in voting), default=0)
     if worst:

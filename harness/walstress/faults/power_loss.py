@@ -365,7 +365,6 @@ def judge_power_loss(run: RunEvidence) -> list[Finding]:
     info["acked_after_last_sync"] = sum(1 for t in ack_times.values() if last_sync is None or t >= last_sync)
     run.extras["power_loss"] = info
     if settings.get("allow_unsynced_loss") and synchronous == "NORMAL" and not synced and lost_ids:
-        info["verdict_before"] = "lost-writes"
         return [Finding("power_loss", "clean",
                         f"{len(lost_ids)} acknowledged rows lost, all committed after the last WAL sync: allowed "
                         f"under synchronous=NORMAL (faults.power_loss.allow_unsynced_loss)", excuses=("ledger",))]

@@ -14,6 +14,7 @@ it never rewrites a verdict.
 from __future__ import annotations
 
 from walstress.faults import fsync, lock_hazards, power_loss, process, throttle, vfs
+import dataclasses
 from typing import Callable
 
 from walstress.checks.findings import Finding, RunEvidence
@@ -29,6 +30,8 @@ def register_fault(cls: type[FaultSettings]) -> type[FaultSettings]:
     """Add a fault section (a FaultSettings dataclass with a ``section`` name) to the registry."""
     if not cls.section:
         raise ValueError(f"{cls.__name__} has no section name")
+    if not dataclasses.is_dataclass(cls):
+        raise TypeError(f"fault section {cls.section} ({cls.__name__}) must be a dataclass")
     return FAULTS.register(cls.section, cls)
 
 

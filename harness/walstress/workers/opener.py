@@ -26,6 +26,9 @@ class OpenerSettings(WorkerSettings):
     write_probability: float = setting(0.2, min=0.0, max=1.0, doc="share of opener visits that write")
     retries: int = setting(15, min=0, max=1000, doc="retries on busy/locked, as the reporter's code")
 
+    def expects_writes(self) -> bool:
+        return False  # a visit writes only sometimes: a short run may well acknowledge none
+
 
 class Opener(WriterMixin, Actor):
     """Short-lived connections: the per-request gateway and the cron job."""

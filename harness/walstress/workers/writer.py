@@ -25,6 +25,7 @@ from walstress.workers.writing import WriterMixin
 class WriterSettings(WorkerSettings):
     writes_ledger: ClassVar[bool] = True
     shares_template_rows: ClassVar[bool] = True
+    runs_fts_maintenance: ClassVar[bool] = True
 
     batch: int = setting(2, min=1, max=1000, doc="messages inserted per write transaction")
     insert_weight: int = setting(70, min=0)
