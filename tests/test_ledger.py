@@ -54,3 +54,61 @@ def test_wal_reset_race_does_not_share_rows_with_writers():
     with pytest.raises(ScenarioError, match="workers.wal-reset-race.count"):
         scenario_from_dict({"checkpoint": {"mode": "PASSIVE"},
                             "workers": [{"role": "wal-reset-race"}, {"role": "writer"}]})
+
+
+def test_any_table_and_key(tmp_path):
+    """Rows of any table, written through the general ledger form: WITHOUT ROWID with a text key,
+    a composite key, INTEGER PRIMARY KEY and a plain rowid table."""
+    from walstress.ledger import LedgerWriter, RowOp, read_ledger
+
+    db = tmp_path / "db"
+    conn = sqlite3.connect(db)
+    conn.executescript("""
+        CREATE TABLE kv(k TEXT PRIMARY KEY, v BLOB, hits INTEGER) WITHOUT ROWID;
+        CREATE TABLE grid(x INTEGER, y INTEGER, colour TEXT, PRIMARY KEY (x, y));
+        CREATE TABLE jobs(id INTEGER PRIMARY KEY, state TEXT, result REAL);
+        CREATE TABLE notes(body TEXT);
+        INSERT INTO kv VALUES ('a b', x'00ff', 1), ('kept', x'01', 2);
+        INSERT INTO grid VALUES (1, 2, 'red'), (3, 4, 'blue');
+        INSERT INTO jobs VALUES (7, 'done', 1.0);
+        INSERT INTO notes(rowid, body) VALUES (12, 'hello');
+    """)
+    conn.commit()
+    conn.close()
+    writer = LedgerWriter(tmp_path / "ledger" / "app-t0.ledger")
+    ops = [
+        RowOp.written("kv", "a b", {"v": b"\x00\xff", "hits": 1}),       # present
+        RowOp.written("kv", "lost key", {"v": b"\x02", "hits": 0}),      # WITHOUT ROWID, text key: missing
+        RowOp.written("grid", (1, 2), {"colour": "green"}),             # composite key: stale (still red)
+        RowOp.written("grid", {"x": 3, "y": 4}, {"colour": "blue"}),    # composite key by name: present
+        RowOp.written("jobs", 7, {"state": "done", "result": 1}),       # 1 and 1.0: the same value
+        RowOp.written("notes", 12, None),                               # rowid table, presence only
+        RowOp.deleted("kv", "kept"),                                    # deleted, but back
+    ]
+    writer.acknowledge(writer.prepare(ops))
+    writer.close()
+    result = check_ledger(db, tmp_path / "ledger")
+    assert result.error is None and result.key_errors == []
+    assert sorted(result.lost_ids) == ['grid:[1,2]', 'kv:"kept"', 'kv:"lost key"']
+    found = {d["id"]: d["found"] for d in result.lost_details}
+    assert found['kv:"lost key"'] == "missing" and found['kv:"kept"'] == "row present"
+    assert found["grid:[1,2]"].startswith("checksum")
+    assert result.present_writes == 4 and result.tables == ["grid", "jobs", "kv", "notes"]
+    assert len(read_ledger(tmp_path / "ledger").transactions[0].ops) == len(ops)
+
+
+def test_a_key_that_does_not_fit_the_table_is_named(tmp_path):
+    from walstress.ledger import LedgerWriter, RowOp
+
+    db = tmp_path / "db"
+    conn = sqlite3.connect(db)
+    conn.execute("CREATE TABLE grid(x, y, colour, PRIMARY KEY (x, y))")
+    conn.close()
+    writer = LedgerWriter(tmp_path / "ledger" / "w.ledger")
+    writer.acknowledge(writer.prepare([RowOp.written("grid", 5, {"colour": "red"}),
+                                       RowOp.written("nosuch", 1, {"a": 1})]))
+    writer.close()
+    result = check_ledger(db, tmp_path / "ledger")
+    assert len(result.key_errors) == 2 and result.lost_ids == []
+    assert "grid: key 5 has 1 value(s); the table's key is (x, y)" in result.key_errors
+    assert "no table 'nosuch'" in " ".join(result.key_errors)

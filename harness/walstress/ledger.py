@@ -4,24 +4,40 @@ Each writing thread owns one append-only text file. A transaction writes
 three kinds of lines, each with one unbuffered ``os.write`` (so it survives
 the death of the process that wrote it):
 
-    P <txn> <t> <op> <op> ...    before COMMIT: what the transaction changed
+    P <txn> <t> <ops>            before COMMIT: what the transaction changed
     A <txn> <t>                  after COMMIT returned: acknowledged
     F <txn> <t>                  the transaction was rolled back: not committed
 
-where an op is ``I<id>:<crc>`` (row inserted with content checksum),
-``U<id>:<crc>`` (content updated) or ``D<id>`` (row deleted). A ``P`` with
-neither ``A`` nor ``F`` (the process died, or COMMIT failed in an unclear
-way) is *indeterminate*: its rows may be in either state, never "lost".
+A ``P`` with neither ``A`` nor ``F`` (the process died, or COMMIT failed in
+an unclear way) is *indeterminate*: its rows may be in either state, never
+"lost".
+
+``<ops>`` is one of two forms:
+
+- the built-in roles' compact form for the ``messages`` table, tokens
+  ``I<id>:<crc>`` (inserted with content checksum), ``U<id>:<crc>``
+  (content updated) and ``D<id>`` (deleted);
+- any table and key: ``J`` followed by a JSON array of
+  ``{"a": "W"|"D", "t": table, "k": key, "c": crc, "cols": [...]}``: the row
+  of ``table`` with ``key`` was written (``W``: it must hold the values whose
+  checksum is ``c`` in the columns ``cols``) or deleted (``D``). A key is a
+  scalar (the table's primary key, or its rowid), a list (a composite
+  primary key, in order) or an object ``{column: value}``.
+
+The checksum of a row's values is :func:`row_crc`; for one text (or NULL)
+column it equals :func:`content_crc` of the text, so both forms agree on
+``messages``.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator, Mapping, Union
 
 
 def content_crc(content: str | bytes | None) -> int:
@@ -32,8 +48,58 @@ def content_crc(content: str | bytes | None) -> int:
     return zlib.crc32(content)
 
 
+def _encode_value(value: Any) -> bytes:
+    """One column value, as the checksum sees it: SQLite's storage classes, with integral reals as integers
+    (a REAL column reads 1 back as 1.0)."""
+    if value is None:
+        return b"\x00null"
+    if isinstance(value, bool):
+        value = int(value)
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:
+        value = int(value)
+    if isinstance(value, int):
+        return b"\x00int:" + str(value).encode()
+    if isinstance(value, float):
+        return b"\x00real:" + repr(value).encode()
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogatepass")
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return b"\x00blob:" + bytes(value)
+    raise TypeError(f"a column value of type {type(value).__name__} (store it as text, a number or bytes)")
+
+
+def row_crc(values: Mapping[str, Any]) -> int:
+    """Checksum of a row's values, by column name: the same whatever order the columns come in."""
+    if len(values) == 1:
+        (only,) = values.values()
+        if only is None or isinstance(only, str):
+            return content_crc(only)  # the built-in roles' checksum of a messages row's content
+    parts = [name.encode() + b"=" + _encode_value(values[name]) for name in sorted(values)]
+    return zlib.crc32(b"\x1f".join(parts))
+
+
+def key_text(key: Any) -> str:
+    """A key as canonical JSON (object keys sorted)."""
+    return json.dumps(key, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
+
+
+Ref = Union[int, str]
+
+
+def row_ref(table: str, key: Any) -> Ref:
+    """How a row is named in results: the id for a ``messages`` row with an integer key (as the built-in
+    roles have always named it), else ``table:key`` with the key as JSON (a one-column key by its value)."""
+    if isinstance(key, Mapping) and len(key) == 1:
+        (key,) = key.values()
+    if table == "messages" and isinstance(key, int) and not isinstance(key, bool):
+        return key
+    return f"{table}:{key_text(key)}"
+
+
 @dataclass
 class LedgerOp:
+    """The built-in roles' change of one ``messages`` row (compact form)."""
+
     action: str  # "I", "U" or "D"
     row_id: int
     crc: int | None = None
@@ -53,6 +119,107 @@ class LedgerOp:
         row, _, crc = text[1:].partition(":")
         return cls(action, int(row), int(crc))
 
+    # the general view, shared with RowOp
+    @property
+    def table(self) -> str:
+        return "messages"
+
+    @property
+    def key(self) -> Any:
+        return {"id": self.row_id}
+
+    @property
+    def cols(self) -> tuple[str, ...]:
+        return () if self.action == "D" else ("content",)
+
+    @property
+    def deletes(self) -> bool:
+        return self.action == "D"
+
+    @property
+    def ref(self) -> Ref:
+        return self.row_id
+
+
+@dataclass
+class RowOp:
+    """The change of one row of any table: written with these values (W), or deleted (D)."""
+
+    action: str                        # "W" or "D"
+    table: str
+    key: Any                           # scalar, list (composite key) or {column: value}
+    crc: int | None = None             # row_crc of the written columns
+    cols: tuple[str, ...] = ()         # the columns the checksum covers
+
+    def __post_init__(self) -> None:
+        if self.action not in ("W", "D"):
+            raise ValueError(f"a row change is W (written) or D (deleted), not {self.action!r}")
+        self.cols = tuple(self.cols)
+
+    @classmethod
+    def written(cls, table: str, key: Any, row: Mapping[str, Any] | None) -> "RowOp":
+        """A row written with these column values (None: only that the row exists)."""
+        values = dict(row or {})
+        return cls("W", table, _plain_key(key), row_crc(values) if values else None, tuple(sorted(values)))
+
+    @classmethod
+    def deleted(cls, table: str, key: Any) -> "RowOp":
+        return cls("D", table, _plain_key(key))
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"a": self.action, "t": self.table, "k": self.key}
+        if self.action == "W":
+            out["c"] = self.crc
+            out["cols"] = list(self.cols)
+        return out
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "RowOp":
+        return cls(str(data["a"]), str(data["t"]), data["k"], data.get("c"), tuple(data.get("cols") or ()))
+
+    @property
+    def deletes(self) -> bool:
+        return self.action == "D"
+
+    @property
+    def ref(self) -> Ref:
+        return row_ref(self.table, self.key)
+
+
+def _plain_key(key: Any) -> Any:
+    """A key as JSON data: tuples become lists; anything else must already be JSON."""
+    if isinstance(key, tuple):
+        return [_plain_key(k) for k in key]
+    if isinstance(key, Mapping):
+        return {str(k): _plain_key(v) for k, v in key.items()}
+    if isinstance(key, (bytes, bytearray)):
+        raise TypeError("a key cannot be bytes (use text or numbers)")
+    if key is not None and not isinstance(key, (int, float, str, list)):
+        raise TypeError(f"a key of type {type(key).__name__} (use text, numbers, a tuple or a dict)")
+    return key
+
+
+AnyOp = Union[LedgerOp, RowOp]
+
+
+def encode_ops(ops: Iterable[AnyOp]) -> str:
+    ops = list(ops)
+    if ops and all(isinstance(op, LedgerOp) for op in ops):
+        return " ".join(op.encode() for op in ops)  # type: ignore[union-attr]
+    general = [op if isinstance(op, RowOp) else RowOp("D" if op.deletes else "W", op.table, op.key, op.crc, op.cols)
+               for op in ops]
+    return "J" + json.dumps([op.to_json() for op in general], separators=(",", ":"), ensure_ascii=True)
+
+
+def decode_ops(text: str) -> list[AnyOp]:
+    text = text.strip()
+    if text.startswith("J"):
+        data = json.loads(text[1:])
+        if not isinstance(data, list):
+            raise ValueError("the ops of a J line must be a JSON array")
+        return [RowOp.from_json(item) for item in data]
+    return [LedgerOp.decode(token) for token in text.split()]
+
 
 class LedgerWriter:
     def __init__(self, path: str | Path):
@@ -65,11 +232,10 @@ class LedgerWriter:
     def _write(self, line: str) -> None:
         os.write(self._fd, (line + "\n").encode("ascii"))
 
-    def prepare(self, ops: Iterable[LedgerOp]) -> int:
+    def prepare(self, ops: Iterable[AnyOp]) -> int:
         """Record what the open transaction changed; call right before COMMIT."""
         self._txn += 1
-        encoded = " ".join(op.encode() for op in ops)
-        self._write(f"P {self._txn} {time.time():.6f} {encoded}")
+        self._write(f"P {self._txn} {time.time():.6f} {encode_ops(ops)}")
         return self._txn
 
     def acknowledge(self, txn: int) -> None:
@@ -93,7 +259,7 @@ class LedgerTxn:
     source: str
     txn: int
     t_prepare: float
-    ops: list[LedgerOp]
+    ops: list[AnyOp]
     state: str = "pending"  # pending / acked / failed
     t_end: float | None = None
 
@@ -106,12 +272,13 @@ class Ledger:
 
 
 def read_ledger_file(path: Path) -> Iterator[tuple[str, list[str]]]:
+    """(kind, [txn, t, ops text]) per complete line; a torn last line is dropped."""
     with open(path, "r", encoding="ascii", errors="replace") as handle:
         for line in handle:
             if not line.endswith("\n"):
                 break  # torn last line: the write never completed
-            parts = line.split()
-            if parts:
+            parts = line.rstrip("\n").split(" ", 3)
+            if parts and parts[0]:
                 yield parts[0], parts[1:]
 
 
@@ -128,7 +295,7 @@ def read_ledger(folder: str | Path) -> Ledger:
                 txn = int(fields[0])
                 when = float(fields[1])
                 if kind == "P":
-                    entry = LedgerTxn(path.stem, txn, when, [LedgerOp.decode(f) for f in fields[2:]])
+                    entry = LedgerTxn(path.stem, txn, when, decode_ops(fields[2] if len(fields) > 2 else ""))
                     open_txns[txn] = entry
                     ledger.transactions.append(entry)
                 elif kind in ("A", "F") and txn in open_txns:
@@ -137,6 +304,6 @@ def read_ledger(folder: str | Path) -> Ledger:
                     entry.t_end = when
                 else:
                     ledger.garbled_lines += 1
-            except (ValueError, IndexError):
+            except (ValueError, IndexError, KeyError, TypeError):
                 ledger.garbled_lines += 1
     return ledger

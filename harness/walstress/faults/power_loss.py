@@ -59,7 +59,7 @@ from typing import Any, ClassVar, Optional
 from walstress.checks.findings import Finding, RunEvidence
 from walstress.checks.ledger import all_lost_ids
 from walstress.faults.base import Fault, FaultSettings, RunControl, setting
-from walstress.ledger import read_ledger
+from walstress.ledger import Ref, read_ledger
 from walstress.settings import parse_duration_seconds
 from walstress.faults.vfs import (CheckpointCut, UndoRecord, UndoWriter, ensure_registered, install, needs_apsw,
                                 read_undo_log)
@@ -371,14 +371,14 @@ def judge_power_loss(run: RunEvidence) -> list[Finding]:
     return []
 
 
-def _ack_times(ledger_dir: Path) -> dict[int, float]:
-    """row id -> acknowledgement time of the last acknowledged change of that row."""
+def _ack_times(ledger_dir: Path) -> dict[Ref, float]:
+    """row ref -> acknowledgement time of the last acknowledged change of that row."""
     ledger = read_ledger(ledger_dir)
-    out: dict[int, float] = {}
+    out: dict[Ref, float] = {}
     acked = [(t.t_end, t) for t in ledger.transactions if t.state == "acked" and t.t_end is not None]
     for t_end, txn in sorted(acked, key=lambda pair: pair[0]):
         for op in txn.ops:
-            out[op.row_id] = t_end
+            out[op.ref] = t_end
     return out
 
 
