@@ -53,7 +53,7 @@ def test_a_registered_role_has_its_own_keys(counter_role):
 
     with pytest.raises(ScenarioError, match="table.*one of messages, sessions"):
         run(counter_scenario() | {"workers": [{"role": "counter", "table": "jobs"}]}, "unused")
-    with pytest.raises(ScenarioError, match="'batch' is a setting of the role\\(s\\) writer, not of counter"):
+    with pytest.raises(ScenarioError, match="'batch' is a setting of the role\\(s\\) writer, sql, not of counter"):
         run(counter_scenario() | {"workers": [{"role": "counter", "batch": 3}]}, "unused")
 
 

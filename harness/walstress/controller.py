@@ -26,7 +26,7 @@ from walstress.layout import RunLayout
 from walstress.processes import WorkerPool, WorkerProcess, worker_environment
 from walstress.runspec import ConnectionOptions, TemplateFacts, WorkerSpec
 from walstress.sampler import Sampler
-from walstress.scenario import Scenario, scenario_to_jsonable, settings_to_dict
+from walstress.scenario import Scenario, scenario_to_jsonable, settings_to_dict, user_code_path
 from walstress.workers.registry import ROLES
 
 STOP_GRACE_SECONDS = 10.0
@@ -42,11 +42,15 @@ def prepare_database(template: Path, db_path: Path, scenario: Scenario) -> Templ
     conn = sqlite3.connect(str(db_path), isolation_level=None)
     try:
         mode = conn.execute(f"PRAGMA journal_mode={scenario.database.journal_mode}").fetchone()[0]
-        low, high = conn.execute("SELECT coalesce(min(id),0), coalesce(max(id),0) FROM messages").fetchone()
-        if scenario.database.schema == "hermes":
-            sessions = [r[0] for r in conn.execute("SELECT id FROM sessions ORDER BY started_at DESC LIMIT 200")]
-        else:
-            sessions = [r[0] for r in conn.execute("SELECT DISTINCT session_id FROM messages LIMIT 200")]
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        low = high = 0
+        sessions: list[str] = []
+        if "messages" in tables:  # walstress's own schemas (or a user's database shaped like them)
+            low, high = conn.execute("SELECT coalesce(min(id),0), coalesce(max(id),0) FROM messages").fetchone()
+            if scenario.database.schema == "hermes" and "sessions" in tables:
+                sessions = [r[0] for r in conn.execute("SELECT id FROM sessions ORDER BY started_at DESC LIMIT 200")]
+            else:
+                sessions = [r[0] for r in conn.execute("SELECT DISTINCT session_id FROM messages LIMIT 200")]
         pages = conn.execute("PRAGMA page_count").fetchone()[0]
     finally:
         conn.close()
@@ -62,6 +66,7 @@ def build_specs(scenario: Scenario, layout: RunLayout, facts: TemplateFacts, *, 
     partition_total = sum(settings.threads for settings in sharing) or 1
     connection = ConnectionOptions.of(scenario, list(pragmas))
     faults = {name: settings_to_dict(section) for name, section in scenario.faults.items()}
+    python_path = tuple(user_code_path(scenario))
     specs = []
     base = 0
     for name, settings in named:
@@ -72,7 +77,8 @@ def build_specs(scenario: Scenario, layout: RunLayout, facts: TemplateFacts, *, 
             writes_ledger=settings.expects_writes(), run_dir=str(layout.run_dir), seed=seed,
             duration=scenario.duration, parent_pid=os.getpid(), schema=scenario.database.schema,
             database_seed=scenario.database.seed, connection=connection, checkpoint=scenario.checkpoint,
-            facts=facts, partition=(base, partition_total), sqlite_paths=tuple(sqlite_paths), faults=faults,
+            facts=facts, partition=(base, partition_total), sqlite_paths=tuple(sqlite_paths),
+            python_path=python_path, faults=faults,
         ))
         if type(settings).shares_template_rows:
             base += settings.threads

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
+import threading
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -17,6 +18,13 @@ from typing import Any
 
 class LoadError(Exception):
     """The object cannot be loaded; the message says why, in one line."""
+
+
+def ensure_on_path(folders: list[str]) -> None:
+    """Put folders of user code at the end of sys.path (once each), so that its modules import."""
+    for folder in folders:
+        if folder not in sys.path:
+            sys.path.append(folder)
 
 
 def split_path(text: str) -> tuple[str, str]:
@@ -27,7 +35,15 @@ def split_path(text: str) -> tuple[str, str]:
     return module, name
 
 
+_LOCK = threading.RLock()  # threads of one worker load the same user module: once, and whole
+
+
 def _module_from_file(path: Path, module_name: str | None = None) -> ModuleType:
+    with _LOCK:
+        return _load_file(path, module_name)
+
+
+def _load_file(path: Path, module_name: str | None) -> ModuleType:
     if not path.is_file():
         raise LoadError(f"{path}: no such file")
     name = module_name or f"walstress_user_{path.stem}_{abs(hash(str(path.resolve()))) % 10**8}"
@@ -53,7 +69,8 @@ def load_module(module: str, *, base_dir: str | Path | None = None, fallback_fil
             path = Path(base_dir) / path
         return _module_from_file(path)
     try:
-        return importlib.import_module(module)
+        with _LOCK:
+            return importlib.import_module(module)
     except ModuleNotFoundError as exc:
         if fallback_file and exc.name is not None and module.startswith(exc.name):
             return _module_from_file(Path(fallback_file), module)

@@ -18,8 +18,9 @@ from walstress.version import __version__
 from walstress.checks.findings import matches
 from walstress.controller import execute_run
 from walstress.database.template import get_template
+from walstress.database.user import TemplateError, schema_template, user_template
 from walstress.environment import environment_info
-from walstress.errors import EnvironmentProblem
+from walstress.errors import EnvironmentProblem, ScenarioError
 from walstress.faults.base import FaultPlan, build_plan
 from walstress.judge import judge_run
 from walstress.scenario import Cell, Scenario, expand_matrix, scenario_to_jsonable
@@ -126,21 +127,20 @@ def run_scenario(scenario: Scenario, out_dir: str | Path, *, repeat: int | None 
     results_path = out_dir / "results.json"
     templates: dict[tuple, Path] = {}
     for cell in cells:
-        cs = cell.scenario
-        key = (cs.database.schema, cs.database.pages, cs.database.page_size, cs.database.seed)
+        key = _template_key(cell.scenario)
         if key not in templates:
             t0 = time.time()
-            path, built = get_template(schema=key[0], pages=key[1], page_size=key[2], seed=key[3], cache_dir=cache_dir,
-                                       progress=console.build_progress if console else None)
+            path, built, entry = _resolve_template(cell.scenario, cache_dir, console)
             templates[key] = path
-            results["templates"].append({"path": str(path), "built_now": built, "seconds": round(time.time() - t0, 3),
-                                         "schema": key[0], "pages": key[1], "page_size": key[2], "seed": key[3]})
+            results["templates"].append({"path": str(path), "built_now": built,
+                                         "seconds": round(time.time() - t0, 3), **entry})
             if console:
                 console.template_ready(path, built, time.time() - t0)
+        _check_tables(cell.scenario, templates[key])
     for cell in cells:
         sqlite_paths = cell_sqlite_paths[cell.cell_id]
         cs = cell.scenario
-        template = templates[(cs.database.schema, cs.database.pages, cs.database.page_size, cs.database.seed)]
+        template = templates[_template_key(cs)]
         runs: list[dict[str, Any]] = []
         for index in range(repeats):
             run_dir = out_dir / cell.cell_id / f"run-{index:03d}"
@@ -160,6 +160,57 @@ def run_scenario(scenario: Scenario, out_dir: str | Path, *, repeat: int | None 
         _write_results(results, results_path, started)
     _write_results(results, results_path, started)
     return results
+
+
+def _template_key(scenario: Scenario) -> tuple:
+    db = scenario.database
+    if db.template:
+        return ("user", db.template)
+    if db.schema_sql:
+        return ("schema_sql", db.schema_sql, db.fill, db.fill_rows, db.pages, db.page_size, db.seed)
+    return ("builtin", db.schema, db.pages, db.page_size, db.seed)
+
+
+def _resolve_template(scenario: Scenario, cache_dir: str | Path | None, console: Any) -> tuple[Path, bool, dict]:
+    """The cell's template: walstress's own schema, the user's file, or the user's DDL; built if need be."""
+    db = scenario.database
+    progress = console.build_progress if console else None
+    try:
+        if db.template:
+            path, built = user_template(db.template, cache_dir=cache_dir, progress=progress)
+            return path, built, {"kind": "user", "source": db.template}
+        if db.schema_sql:
+            path, built = schema_template(db.schema_sql, fill=db.fill, pages=db.pages, page_size=db.page_size,
+                                          seed=db.seed, fill_rows=db.fill_rows, cache_dir=cache_dir,
+                                          progress=progress)
+            return path, built, {"kind": "schema_sql", "schema_sql": db.schema_sql, "fill": db.fill,
+                                 "pages": db.pages, "page_size": db.page_size, "seed": db.seed}
+    except TemplateError as exc:
+        key = "database.template" if db.template else "database.schema_sql"
+        raise ScenarioError(scenario.source, key, str(exc)) from None
+    path, built = get_template(schema=db.schema, pages=db.pages, page_size=db.page_size, seed=db.seed,
+                               cache_dir=cache_dir, progress=progress)
+    return path, built, {"kind": "builtin", "schema": db.schema, "pages": db.pages, "page_size": db.page_size,
+                         "seed": db.seed}
+
+
+def _check_tables(scenario: Scenario, template: Path) -> None:
+    """Every role's tables are in the template (the user's file or DDL may not have the built-in ones)."""
+    if scenario.database.builtin_schema:
+        return
+    try:
+        info = json.loads(template.with_suffix(".json").read_text())
+    except (OSError, ValueError):
+        return
+    tables = set(info.get("tables") or [])
+    for worker in scenario.active_workers():
+        missing = [t for t in worker.required_tables(scenario) if t not in tables]
+        if missing:
+            where = scenario.database.template or scenario.database.schema_sql
+            raise ScenarioError(scenario.source, f"workers.{worker.role}",
+                                f"the {worker.role} role uses the table(s) {', '.join(missing)} of walstress's own "
+                                f"schemas, which {where} does not have; drive your schema with role = \"python\" "
+                                'or role = "sql"')
 
 
 def _fault_plan(scenario: Scenario, seed: int) -> FaultPlan | None:

@@ -88,6 +88,7 @@ class WorkerSpec:
     facts: TemplateFacts
     partition: tuple[int, int]      # (first index, total): template rows with id % total == index + thread
     sqlite_paths: tuple[str, ...] = ()
+    python_path: tuple[str, ...] = ()   # folders for the scenario's own code (its file's folder, the working one)
     faults: dict[str, dict[str, Any]] = field(default_factory=dict)
     incarnation: int = 0
     format: int = SPEC_FORMAT
@@ -136,6 +137,7 @@ class WorkerSpec:
                                         session_ids=tuple(facts["session_ids"]), pages=int(facts["pages"]))
         values["partition"] = tuple(values["partition"])
         values["sqlite_paths"] = tuple(values.get("sqlite_paths") or ())
+        values["python_path"] = tuple(values.get("python_path") or ())
         return cls(**values)
 
     def write(self) -> Path:

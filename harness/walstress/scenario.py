@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from walstress.errors import ScenarioError
+from walstress.loading import LoadError, ensure_on_path, load_object
 from walstress.settings import (
     Registry,
     SettingError,
@@ -53,7 +54,9 @@ from walstress.settings import (
     did_you_mean,
     field_named,
     parse_set_value,
+    resolve_path,
     setting,
+    setting_meta,
     tomllib,
 )
 
@@ -81,6 +84,20 @@ class DatabaseSettings:
     busy_timeout_ms: int = setting(1000, min=0, max=600_000, kind="ms")
     journal_size_limit: int = setting(-1, min=-1, kind="bytes")
     foreign_keys: bool = setting(True)
+    template: str = setting("", kind="path", doc="your database file: the template is a consistent copy of it "
+                                                 "(what its -wal holds included); the file is never written")
+    schema_sql: str = setting("", kind="path", doc="a file of CREATE statements to build the template from")
+    fill: str = setting("", kind="code", doc='fills a schema_sql database to `pages`: "fill.sql" (statements '
+                                             'with generated :parameters) or "file.py:function" (fill(conn, rng, '
+                                             'target_pages))')
+    fill_rows: int = setting(100, min=1, max=1_000_000, doc="fill.sql: times each statement runs per round")
+    verify: str = setting("", kind="entry", doc='"file.py:function" that reads acknowledged rows back itself: '
+                                                'verify(db_path, expected) -> refs missing or stale')
+
+    @property
+    def builtin_schema(self) -> bool:
+        """True when the template is one of walstress's own schemas (not the user's file or DDL)."""
+        return not (self.template or self.schema_sql)
 
 
 @dataclass
@@ -117,6 +134,10 @@ class WorkerSettings:
 
     def validate(self, scenario: "Scenario") -> None:
         """Raise SettingError (or ValueError) for a combination this role cannot run."""
+
+    def required_tables(self, scenario: "Scenario") -> tuple[str, ...]:
+        """Tables this role reads or writes; a template without them cannot run it."""
+        return ()
 
     def expects_writes(self) -> bool:
         """Whether this worker's acknowledged writes are expected in the ledger: when every such worker
@@ -235,10 +256,22 @@ def _unknown(source: str, key: str, candidates: list[str]) -> ScenarioError:
 
 def _set_checked(source: str, key: str, target: Any, f: dataclasses.Field, value: Any, *, from_text: bool) -> None:
     try:
-        setattr(target, f.name, coerce_value(f, value, from_text=from_text))
+        checked = coerce_value(f, value, from_text=from_text)
     except ValueError as exc:
         shown = json.dumps(value) if not isinstance(value, str) or not from_text else value
         raise ScenarioError(source, key, f"{shown} is not allowed; expected {exc}") from None
+    kind = setting_meta(f).get("kind")
+    if kind in ("path", "entry", "code"):  # relative to the scenario file (to the working folder for --set)
+        checked = resolve_path(checked, base_dir_of(source), kind)
+    setattr(target, f.name, checked)
+
+
+def base_dir_of(source: str) -> Path:
+    """The folder relative paths of a scenario are taken from: its file's, else the working folder."""
+    path = Path(source)
+    if source and not source.startswith(("<", "--")) and path.is_file():
+        return path.resolve().parent
+    return Path.cwd()
 
 
 # ------------------------------------------------------------------ assembling
@@ -522,6 +555,7 @@ def validate(scenario: Scenario) -> None:
         raise ScenarioError(src, "checkpoint.after_fts_maintenance", 'is true but checkpoint.fts_maintenance is "none"')
     if ck.after_fts_maintenance and ck.mode == "NONE":
         raise ScenarioError(src, "checkpoint.after_fts_maintenance", 'is true but checkpoint.mode is "NONE"')
+    _validate_database(scenario)
     if ck.fts_maintenance != "none" and not any(type(w).runs_fts_maintenance for w in active):
         raise ScenarioError(src, "checkpoint.fts_maintenance", "is done by writers, but the scenario has no "
                                                                "writer workers")
@@ -535,6 +569,35 @@ def validate(scenario: Scenario) -> None:
             raise ScenarioError(src, exc.key, exc.message) from None
         except ValueError as exc:
             raise ScenarioError(src, None, str(exc)) from None
+
+
+def _validate_database(scenario: Scenario) -> None:
+    src, db = scenario.source, scenario.database
+    if db.template and db.schema_sql:
+        raise ScenarioError(src, "database.schema_sql", "and database.template both say where the template comes "
+                                                        "from; set one")
+    for key, value in (("database.template", db.template), ("database.schema_sql", db.schema_sql)):
+        if value and not Path(value).is_file():
+            raise ScenarioError(src, key, f"{value}: no such file")
+    if db.fill and not db.schema_sql:
+        raise ScenarioError(src, "database.fill", "fills a database built from database.schema_sql; set it too")
+    if db.fill and ":" not in Path(db.fill).name and not Path(db.fill).is_file():
+        raise ScenarioError(src, "database.fill", f"{db.fill}: no such file")
+    for key, value in (("database.fill", db.fill if ":" in Path(db.fill).name else ""),
+                       ("database.verify", db.verify)):
+        if value:
+            ensure_on_path(user_code_path(scenario))
+            try:
+                function = load_object(value)
+            except LoadError as exc:
+                raise ScenarioError(src, key, str(exc)) from None
+            if not callable(function):
+                raise ScenarioError(src, key, f"{value} is not a function")
+
+
+def user_code_path(scenario: Scenario) -> list[str]:
+    """Where the scenario's own code is imported from: its file's folder, and the working folder."""
+    return list(dict.fromkeys([str(base_dir_of(scenario.source)), str(Path.cwd())]))
 
 
 def load_scenario(path: str | Path, overrides: list[str] | None = None, *, catalog: Catalog) -> Scenario:

@@ -20,6 +20,7 @@ import difflib
 import re
 import sys
 from dataclasses import field
+from pathlib import Path
 from typing import Any, Generic, Iterable, Iterator, Mapping, TypeVar
 
 if sys.version_info >= (3, 11):
@@ -32,7 +33,7 @@ __all__ = [
     "parse_set_value", "parse_size_bytes", "setting", "setting_meta", "tomllib",
 ]
 
-KINDS = ("duration", "ms", "bytes")
+KINDS = ("duration", "ms", "bytes", "table", "list", "path", "entry", "code")
 
 
 class SettingError(ValueError):
@@ -145,6 +146,20 @@ def coerce_value(f: dataclasses.Field, value: Any, *, from_text: bool = False) -
 
 
 def _convert(value: Any, tp: Any, kind: str | None) -> Any:
+    if kind == "table":
+        if not isinstance(value, dict):
+            raise ValueError("a table such as {queue = \"jobs\", batch = 5}")
+        return copy.deepcopy(value)
+    if kind == "list":
+        if not isinstance(value, list):
+            raise ValueError("an array such as [1, 2]")
+        return copy.deepcopy(value)
+    if kind in ("path", "entry", "code"):
+        if not isinstance(value, str):
+            raise ValueError("a path" if kind == "path" else '"package.module:function" or "file.py:function"')
+        if kind == "entry" and value and ":" not in value:
+            raise ValueError('"package.module:function" or "file.py:function"')
+        return value
     if kind == "duration":
         return parse_duration_seconds(value)
     if kind == "ms":
@@ -181,6 +196,11 @@ def _convert(value: Any, tp: Any, kind: str | None) -> Any:
 def _parse_text_value(text: str, tp: Any, kind: str | None) -> Any:
     """Interpret a --set value: TOML literal where it parses, else the plain string."""
     stripped = text.strip()
+    if kind in ("table", "list"):
+        try:
+            return tomllib.loads(f"v = {stripped}")["v"]
+        except tomllib.TOMLDecodeError:
+            return stripped
     if tp is str or kind in KINDS:
         if stripped.startswith('"') and stripped.endswith('"') and len(stripped) >= 2:
             return stripped[1:-1]
@@ -192,6 +212,21 @@ def _parse_text_value(text: str, tp: Any, kind: str | None) -> Any:
         if tp is bool and stripped.lower() in ("yes", "on", "1", "no", "off", "0"):
             return stripped.lower() in ("yes", "on", "1")
         return stripped
+
+
+def resolve_path(value: str, base_dir: Path, kind: str) -> str:
+    """A relative path (or the file of a "file.py:function" entry) made absolute against base_dir."""
+    if not value:
+        return value
+    if kind == "code":  # a file, or a "file.py:function" / "module:function"
+        kind = "entry" if ":" in Path(value).name else "path"
+    if kind == "entry":
+        module, sep, name = value.rpartition(":")
+        if module.endswith(".py") and not Path(module).is_absolute():
+            return str((base_dir / module).resolve()) + sep + name
+        return value
+    path = Path(value).expanduser()
+    return str(path if path.is_absolute() else (base_dir / path).resolve())
 
 
 def parse_set_value(text: str) -> Any:

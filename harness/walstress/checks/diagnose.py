@@ -14,89 +14,21 @@ size and modification time stay put; if they never do, the result says so.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sqlite3
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 from walstress.checks.btree import HEADER_MAGIC, NotADatabaseError, read_header
 from walstress.checks.integrity import run_integrity
+from walstress.database.snapshot import COMPANIONS, copy_database
 
 __all__ = ["check_database", "format_check"]
 
 HEALTHY, DAMAGED, ERROR = "healthy", "damaged", "error"
-_COMPANIONS = ("-wal", "-journal")     # -shm is rebuilt from the -wal
-_COPY_ATTEMPTS = 4
 _MAX_REPORT_LINES = 50
-
-# Runs in a child process: see the module docstring.
-_COPY_PROGRAM = r"""
-import json, shutil, sys
-out = {}
-for src, dst in json.loads(sys.argv[1]):
-    try:
-        shutil.copyfile(src, dst)
-        out[src] = None
-    except FileNotFoundError:
-        out[src] = "missing"
-    except OSError as exc:
-        out[src] = str(exc) or type(exc).__name__
-print(json.dumps(out))
-"""
-
-
-def _signature(paths: list[Path]) -> list:
-    sig: list[tuple[int, int, int] | None] = []
-    for p in paths:
-        try:
-            st = os.stat(p)
-            sig.append((st.st_ino, st.st_size, st.st_mtime_ns))
-        except OSError:
-            sig.append(None)
-    return sig
-
-
-def _copy_in_child(pairs: list[tuple[str, str]]) -> dict[str, str | None]:
-    proc = subprocess.run(
-        [sys.executable, "-I", "-c", _COPY_PROGRAM, json.dumps(pairs)],
-        capture_output=True, text=True, timeout=3600)
-    if proc.returncode != 0:
-        msg = (proc.stderr.strip().splitlines() or ["copy process failed"])[-1]
-        return {src: msg for src, _dst in pairs}
-    return json.loads(proc.stdout)
-
-
-def _copy_database(src: Path, dest_dir: Path) -> tuple[dict[str, str | None], bool]:
-    """Copy db (+ -wal, -journal) into dest_dir under the same base names.
-
-    Returns ({suffix: None | "missing" | error text}, stable). The database
-    file is copied before its -wal: a checkpoint in between leaves the copy
-    consistent, only a WAL restart in between tears it (and changes the
-    signature, so the copy is retried).
-    """
-    paths = [src] + [Path(str(src) + s) for s in _COMPANIONS]
-    status: dict[str, str | None] = {}
-    for _attempt in range(_COPY_ATTEMPTS):
-        before = _signature(paths)
-        pairs = [(str(p), str(dest_dir / p.name)) for p, sig in zip(paths, before)
-                 if sig is not None]
-        for _src, dst in pairs:
-            if os.path.exists(dst):
-                os.unlink(dst)
-        out = _copy_in_child(pairs)
-        status = {"": out.get(str(src), "missing")}
-        for suffix, p in zip(_COMPANIONS, paths[1:]):
-            status[suffix] = out.get(str(p), "missing")
-        if _signature(paths) == before:
-            return status, True
-        time.sleep(0.05)
-    return status, False
-
 
 def _row_counts(db: Path) -> dict[str, int | str]:
     counts: dict[str, int | str] = {}
@@ -170,11 +102,11 @@ def check_database(path, *, workdir=None) -> dict:
         Path(workdir).mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="walstress-check-", dir=workdir))
     try:
-        status, stable = _copy_database(src, tmp)
+        status, stable = copy_database(src, tmp)
         result["copy_stable"] = stable
         if status[""] is not None:
             return done(ERROR, f"cannot copy {src}: {status['']}")
-        for suffix in _COMPANIONS:
+        for suffix in COMPANIONS:
             if status[suffix] not in (None, "missing"):
                 return done(ERROR, f"cannot copy {src}{suffix}: {status[suffix]}")
         copy = tmp / src.name

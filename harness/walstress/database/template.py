@@ -345,10 +345,31 @@ def get_template(
     it, so nobody ever sees a half-built file.
     """
     validate_template_args(schema, pages, page_size, seed)
-    directory = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    directory = directory / "templates"
-    directory.mkdir(parents=True, exist_ok=True)
     key = template_key(schema, pages, page_size, seed, sqlite3.sqlite_version)
+
+    def build(target: Path) -> dict:
+        return build_database(target, schema=schema, pages=pages, page_size=page_size, seed=seed,
+                              progress=progress)
+
+    return cached_build(templates_dir(cache_dir), key, build)
+
+
+def templates_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    directory = (Path(cache_dir) if cache_dir is not None else default_cache_dir()) / "templates"
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory
+
+
+def cached_build(directory: Path, key: str, build: Callable[[Path], dict]) -> tuple[Path, bool]:
+    """``directory/<key>.db``, made by ``build(tmp_path)`` (which returns the build info) unless it is
+    there already. Returns ``(path, built_now)``.
+
+    Safe against concurrent callers in other processes: one builds (under an
+    exclusive ``flock`` on ``<key>.lock``), the others wait and reuse its
+    file. The file appears by an atomic rename after it was synced, with
+    ``<key>.json`` (the build info) beside it, so nobody ever sees a
+    half-built file.
+    """
     db_path = directory / f"{key}.db"
     info_path = directory / f"{key}.json"
     if _read_info(db_path, info_path) is not None:
@@ -365,8 +386,7 @@ def get_template(
             tmp_db = directory / f".{key}.{os.getpid()}.tmp"
             tmp_info = directory / f".{key}.{os.getpid()}.tmp.json"
             try:
-                info = build_database(tmp_db, schema=schema, pages=pages, page_size=page_size,
-                                      seed=seed, progress=progress)  # fmt: skip
+                info = build(tmp_db)
                 _fsync_path(tmp_db)
                 info["path"] = str(db_path)
                 info["template_key"] = key

@@ -121,6 +121,11 @@ class FaultSettings:
         """PRAGMAs every worker connection runs after the scenario's own (e.g. faults.fsync's fullfsync)."""
         return []
 
+    def acts_on_connections(self, scenario: Any) -> bool:
+        """Whether this section acts through the connections walstress opens (its VFS shim), and so cannot
+        reach connections that user code opens on its own."""
+        return False
+
 
 class Fault:
     """Controller-side behaviour of one fault during a run."""

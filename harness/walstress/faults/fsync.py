@@ -145,6 +145,9 @@ class FsyncSettings(FaultSettings):
         state.sync_delay_max_s = max(self.delay_max_ms, self.delay_ms) / 1000.0
         return closer
 
+    def acts_on_connections(self, scenario: Any) -> bool:
+        return self.mode in ("noop", "slow") and self.resolved_via(scenario.sqlite.driver) == "vfs"
+
     def _uses_shim(self, spec: WorkerSpec) -> bool:
         return self.mode in ("noop", "slow") and self.resolved_via(spec.connection.driver) == "vfs"
 

@@ -115,6 +115,9 @@ class PowerLossSettings(FaultSettings):
     def build(self, scenario: Any, seed: int) -> Optional[Fault]:
         return PowerLossFault(self, seed) if self.enabled else None
 
+    def acts_on_connections(self, scenario: Any) -> bool:
+        return bool(self.enabled)
+
     # --------------------------------------------------------- worker side
     def install_in_worker(self, spec: WorkerSpec, history: Any, stop: Any) -> Any:
         if not self.enabled:

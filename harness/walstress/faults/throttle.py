@@ -319,6 +319,11 @@ class ThrottleSettings(FaultSettings):
     def build(self, scenario: Any, seed: int) -> Fault | None:
         return ThrottleFault(self, scenario.sqlite.driver) if self.active else None
 
+    def acts_on_connections(self, scenario: Any) -> bool:
+        if not self.active:
+            return False
+        return self.backend == "vfs" or (self.backend == "auto" and kernel_backend_available() is None)
+
     # --------------------------------------------------------- worker side
     def _resolve(self, spec: WorkerSpec) -> tuple[str, str | None]:
         return resolve_backend(self.backend, spec.connection.driver, spec.layout.run_dir)

@@ -558,6 +558,9 @@ class IoDelaySettings(FaultSettings):
         if self.active:
             needs_apsw("io_delay", scenario, "delaying reads and writes")
 
+    def acts_on_connections(self, scenario: Any) -> bool:
+        return self.active
+
     def build(self, scenario: Any, seed: int) -> Any:
         if not self.active:
             return None

@@ -121,6 +121,26 @@ class Connection:
             return rows
         return [tuple(r) for r in self._apsw.cursor().execute(sql, params)]
 
+    def execute_named(self, sql: str, params: Sequence[Any] = ()) -> tuple[list[str], list[tuple]]:
+        """The rows and their column names (a RETURNING clause, a SELECT)."""
+        if self.driver == "stdlib":
+            cursor = self._stdlib.execute(sql, params)
+            rows = cursor.fetchall()
+            self._lastrowid = cursor.lastrowid
+            self._rowcount = cursor.rowcount
+            return [d[0] for d in cursor.description or ()], rows
+        acursor = self._apsw.cursor().execute(sql, params)
+        try:
+            names = [d[0] for d in acursor.getdescription()]
+        except Exception:  # apsw: a statement that returned no rows has no description
+            names = []
+        return names, [tuple(r) for r in acursor]
+
+    @property
+    def native(self) -> Any:
+        """The binding's own connection object (sqlite3.Connection or apsw.Connection)."""
+        return self._conn
+
     def scalar(self, sql: str, params: Sequence[Any] = ()) -> Any:
         rows = self.execute(sql, params)
         return rows[0][0] if rows and rows[0] else None

@@ -55,6 +55,12 @@ class WorkerContext:
             writer.close()
 
 
+def describe_error(exc: BaseException) -> str:
+    """``ValueError: the first line of its message``: how a worker's failure reads in a verdict."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:MESSAGE_LIMIT]}" if text else type(exc).__name__
+
+
 def roll_back_failed(conn: Connection, ledger: LedgerWriter, txn: int | None) -> None:
     """After an SQLite error in a write transaction: roll it back. A prepared transaction still open
     when the error came was certainly rolled back (failed in the ledger); one whose COMMIT failed in

@@ -23,7 +23,7 @@ from walstress.history import HistoryWriter
 from walstress.loading import load_object
 from walstress.runspec import WorkerSpec
 from walstress.sqlite.driver import library_info
-from walstress.workers.base import WorkerContext
+from walstress.workers.base import WorkerContext, describe_error
 
 EXIT_OK = 0
 EXIT_CRASH = 3
@@ -91,6 +91,7 @@ def main(spec_path: str) -> int:
         history.close()
         return EXIT_VERSION_MISMATCH
 
+    sys.path.extend(p for p in spec.python_path if p not in sys.path)  # where the scenario's own code lives
     try:
         role_cls = load_object(spec.actor, fallback_file=spec.role_file)
         settings_cls = load_object(spec.settings_class, fallback_file=spec.role_file)
@@ -122,7 +123,7 @@ def main(spec_path: str) -> int:
         except Exception as exc:
             failures.append(f"thread {index} setup: {exc!r}")
             history.record({"type": "worker_error", "worker": name, "thread": index, "t": time.time(),
-                            "msg": f"setup failed: {exc!r}", "traceback": traceback.format_exc(limit=8)})
+                            "msg": f"setup failed: {describe_error(exc)}", "traceback": traceback.format_exc(limit=8)})
             stop.set()
         try:
             ready.wait()
@@ -138,7 +139,7 @@ def main(spec_path: str) -> int:
         except Exception as exc:
             failures.append(f"thread {index}: {exc!r}")
             history.record({"type": "worker_error", "worker": name, "thread": index, "t": time.time(),
-                            "msg": repr(exc)[:500], "traceback": traceback.format_exc(limit=12)})
+                            "msg": describe_error(exc), "traceback": traceback.format_exc(limit=12)})
             stop.set()
         finally:
             actor.teardown()

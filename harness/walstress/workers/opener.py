@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from walstress.scenario import WorkerSettings
 from walstress.settings import setting
@@ -25,6 +25,9 @@ class OpenerSettings(WorkerSettings):
 
     write_probability: float = setting(0.2, min=0.0, max=1.0, doc="share of opener visits that write")
     retries: int = setting(15, min=0, max=1000, doc="retries on busy/locked, as the reporter's code")
+
+    def required_tables(self, scenario: Any) -> tuple[str, ...]:
+        return ("messages", "sessions") if scenario.database.schema == "hermes" else ("messages",)
 
     def expects_writes(self) -> bool:
         return False  # a visit writes only sometimes: a short run may well acknowledge none

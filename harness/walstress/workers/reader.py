@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from walstress.database.corpus import Corpus
 from walstress.scenario import WorkerSettings
@@ -20,6 +21,11 @@ from walstress.workers.base import Actor, Role
 @dataclass
 class ReaderSettings(WorkerSettings):
     hold_ms: int = setting(0, min=0, max=3_600_000, kind="ms", doc="keep each read transaction open this long")
+
+    def required_tables(self, scenario: Any) -> tuple[str, ...]:
+        if scenario.database.schema == "hermes":
+            return ("messages", "messages_fts", "messages_fts_trigram")
+        return ("messages", "messages_fts")
 
 
 class Reader(Actor):

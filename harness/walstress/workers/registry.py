@@ -10,7 +10,7 @@ actor from the module (or file) that defines it.
 from __future__ import annotations
 
 from walstress.settings import Registry
-from walstress.workers import checkpointer, opener, reader, walrace, writer
+from walstress.workers import checkpointer, opener, python, reader, sql, walrace, writer
 from walstress.workers.base import Role
 
 ROLES: Registry[Role] = Registry("role")
@@ -25,3 +25,5 @@ register_role(reader.ROLE)
 register_role(checkpointer.ROLE)
 register_role(opener.ROLE)
 register_role(walrace.ROLE)
+register_role(python.ROLE)
+register_role(sql.ROLE)

@@ -65,6 +65,9 @@ class WalResetRaceSettings(WorkerSettings):
     rounds: int = setting(0, min=0, max=100_000_000, doc="rounds to run, 0 = until the run ends")
     stop_on_loss: bool = setting(True, doc="stop once a canary write is seen lost")
 
+    def required_tables(self, scenario: Any) -> tuple[str, ...]:
+        return ("messages",)
+
     def validate(self, scenario: Any) -> None:
         if self.threads != 1:
             raise SettingError("workers.wal-reset-race.threads", "must be 1 (the role runs its own racing thread)")

@@ -33,6 +33,9 @@ class WriterSettings(WorkerSettings):
     delete_weight: int = setting(10, min=0)
     retries: int = setting(15, min=0, max=1000, doc="retries on busy/locked, as the reporter's code")
 
+    def required_tables(self, scenario: Any) -> tuple[str, ...]:
+        return ("messages", "sessions") if scenario.database.schema == "hermes" else ("messages",)
+
     def validate(self, scenario: Any) -> None:
         if self.insert_weight + self.update_weight + self.delete_weight == 0:
             raise SettingError("workers.writer.insert_weight", "insert, update and delete weights are all 0")

@@ -15,10 +15,10 @@ from __future__ import annotations
 import random
 import time
 import zlib
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from walstress.database.corpus import Corpus
-from walstress.ledger import LedgerOp, content_crc
+from walstress.ledger import AnyOp, LedgerOp, content_crc
 from walstress.runspec import WorkerSpec
 from walstress.sqlite.driver import Connection, classify_error, is_sqlite_error
 from walstress.workers.base import WorkerContext, roll_back_failed
@@ -152,7 +152,7 @@ class WriterMixin:
 
         return [LedgerOp("D", row_id)], commit_local
 
-    def transaction(self, kind: str, body: Callable[[Connection], tuple[list[LedgerOp], Callable[[], None]]],
+    def transaction(self, kind: str, body: Callable[[Connection], tuple[Sequence[AnyOp], Callable[[], None]]],
                     retries: int) -> bool:
         """BEGIN IMMEDIATE ... COMMIT with the reporter's retry loop. True when committed."""
         t0, m0 = time.time(), time.perf_counter()

@@ -1,0 +1,272 @@
+"""Your own database, schema, code and SQL: user templates, the python and sql roles, the general ledger.
+
+Everything runs for real: SQLite, worker processes, files. Short runs on small databases.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import shutil
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from walstress import run
+from walstress.checks.btree import btree_roots, page_owners
+from walstress.errors import ScenarioError
+from walstress.judge import judge_run
+
+ROOT = Path(__file__).resolve().parent.parent
+
+WORKER = textwrap.dedent('''
+    def work(ctx):
+        """Writes rows of kv (WITHOUT ROWID, text key) and grid (composite key) through ctx.transaction."""
+        conn = ctx.connect()
+        n = 0
+        while not ctx.stop.is_set():
+            key = f"{ctx.worker}-{ctx.thread}-{n}"
+            n += 1
+            try:
+                with ctx.transaction(conn) as txn:
+                    conn.execute("INSERT INTO kv(k, v, hits) VALUES (?, randomblob(30), 0)", (key,))
+                    txn.wrote("kv", key)
+                    x, y = ctx.rng.randint(0, 9), n % 50 + 100 * ctx.thread
+                    colour = ctx.rng.choice(["red", "green", "blue"])
+                    conn.execute("INSERT INTO grid VALUES (?, ?, ?) ON CONFLICT DO UPDATE SET colour = excluded.colour",
+                                 (x, y, colour))
+                    txn.wrote("grid", (x, y), {"colour": colour, "x": x, "y": y})
+            except Exception as exc:
+                if "locked" not in str(exc):
+                    raise
+            with ctx.op("read"):
+                conn.execute("SELECT count(*) FROM kv").fetchall()
+
+    def boom(ctx):
+        raise ValueError("boom in the user's code\\nsecond line")
+
+    def two(ctx, extra):
+        pass
+    ''')
+
+
+def make_app_db(folder: Path) -> sqlite3.Connection:
+    """A WAL database whose last 50 rows exist only in its -wal; the returned connection keeps it so."""
+    conn = sqlite3.connect(folder / "app.db", isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA wal_autocheckpoint=0")
+    conn.executescript("""
+        CREATE TABLE kv(k TEXT PRIMARY KEY, v BLOB, hits INTEGER) WITHOUT ROWID;
+        CREATE TABLE grid(x INTEGER, y INTEGER, colour TEXT, PRIMARY KEY (x, y));
+        CREATE INDEX grid_colour ON grid(colour);
+    """)
+    for i in range(1500):
+        conn.execute("INSERT INTO kv VALUES (?, randomblob(60), ?)", (f"old-{i:05d}", i))
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    for i in range(50):
+        conn.execute("INSERT INTO kv VALUES (?, randomblob(60), ?)", (f"wal-only-{i:02d}", i))
+    return conn
+
+
+def hashes(db: Path) -> dict[str, str]:
+    return {side: hashlib.sha256(Path(f"{db}{side}").read_bytes()).hexdigest()
+            for side in ("", "-wal", "-shm") if Path(f"{db}{side}").exists()}
+
+
+@pytest.fixture
+def app(tmp_path):
+    (tmp_path / "worker.py").write_text(WORKER)
+    conn = make_app_db(tmp_path)
+    yield tmp_path
+    conn.close()
+
+
+def app_scenario(**workers) -> dict:
+    entry = {"role": "python", "entry": "worker.py:work", "count": 2, "threads": 2, **workers}
+    return {"name": "app", "duration": "2.5s", "database": {"template": "app.db"}, "workers": [entry]}
+
+
+def write_scenario(folder: Path, data: dict) -> Path:
+    lines = [f'name = "{data["name"]}"', f'duration = "{data["duration"]}"', "[database]"]
+    lines += [f"{k} = {json.dumps(v)}" for k, v in data["database"].items()]
+    for worker in data["workers"]:
+        lines.append("[[workers]]")
+        lines += [f"{k} = {json.dumps(v)}" for k, v in worker.items()]
+    path = folder / "app.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_your_database_is_copied_consistently_and_never_written(app, cache_dir, monkeypatch):
+    monkeypatch.chdir(app)
+    before = hashes(app / "app.db")
+    assert set(before) == {"", "-wal", "-shm"}
+    result = run(write_scenario(app, app_scenario()), app / "out")
+    res = result.runs[0]
+    assert res["verdict"] == "clean", res["reason"]
+    assert hashes(app / "app.db") == before  # db, -wal and -shm byte for byte
+    template = Path(result.data["templates"][0]["path"])
+    assert result.data["templates"][0]["kind"] == "user" and result.data["templates"][0]["built_now"]
+    conn = sqlite3.connect(template)
+    try:
+        assert conn.execute("SELECT count(*) FROM kv WHERE k LIKE 'wal-only-%'").fetchone()[0] == 50
+        assert conn.execute("SELECT count(*) FROM kv").fetchone()[0] == 1550
+    finally:
+        conn.close()
+    assert not Path(f"{template}-wal").exists()
+    assert set(res["ledger"]["tables"]) == {"kv", "grid"} and res["writes"]["acked"] > 100
+    again = run(write_scenario(app, app_scenario()), app / "again")  # the same bytes: the cached template
+    assert again.data["templates"][0]["built_now"] is False
+    assert again.data["templates"][0]["path"] == str(template)
+
+
+def test_lost_and_stale_rows_of_your_tables_are_named(app, cache_dir, monkeypatch, tmp_path_factory):
+    """A WITHOUT ROWID row with a text key removed, a composite-key row changed: lost-writes, both named."""
+    monkeypatch.chdir(app)
+    res = run(write_scenario(app, app_scenario()), app / "out").runs[0]
+    assert res["verdict"] == "clean", res["reason"]
+    run_dir = tmp_path_factory.mktemp("judged") / "run"
+    shutil.copytree(res["run_dir"], run_dir)
+    db = run_dir / "db" / "state.db"
+    ledger_rows = [json.loads(line.split(" ", 3)[3][1:]) for path in (run_dir / "ledger").glob("*.ledger")
+                   for line in path.read_text().splitlines() if line.startswith("P ")]
+    kv_key = next(op["k"] for ops in ledger_rows for op in ops if op["t"] == "kv")
+    grid = next(op for ops in ledger_rows for op in ops if op["t"] == "grid")
+    conn = sqlite3.connect(db)
+    with conn:
+        conn.execute("DELETE FROM kv WHERE k = ?", (kv_key,))
+        expected = conn.execute("SELECT colour FROM grid WHERE x = ? AND y = ?", grid["k"]).fetchone()[0]
+        conn.execute("UPDATE grid SET colour = ? WHERE x = ? AND y = ?", (expected + "!", *grid["k"]))
+    conn.close()
+    judged = judge_run(run_dir)
+    assert judged["verdict"] == "lost-writes", judged["reason"]
+    lost = set(judged["writes"]["lost_ids"])
+    assert f'kv:"{kv_key}"' in lost and f"grid:[{grid['k'][0]},{grid['k'][1]}]" in lost and len(lost) == 2
+    found = {d["id"]: d["found"] for d in judged["ledger"]["lost_details"]}
+    assert found[f'kv:"{kv_key}"'] == "missing" and found[f"grid:[{grid['k'][0]},{grid['k'][1]}]"].startswith("checksum")
+
+
+def test_damage_is_named_after_your_tables(app, cache_dir, monkeypatch, tmp_path_factory):
+    monkeypatch.chdir(app)
+    res = run(write_scenario(app, app_scenario()), app / "out").runs[0]
+    run_dir = tmp_path_factory.mktemp("damaged") / "run"
+    shutil.copytree(res["run_dir"], run_dir)
+    db = run_dir / "db" / "state.db"
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    roots = btree_roots(conn)
+    conn.close()
+    owners = page_owners(db, roots)
+    root = next(p for p, name in roots.items() if name == "kv")
+    with open(db, "r+b") as handle:  # a private copy of a finished run
+        def leaf(page: int) -> bool:
+            handle.seek((page - 1) * 4096)
+            return handle.read(1) == b"\x0a"  # a leaf of an index b-tree: WITHOUT ROWID rows live there
+
+        victim = max(p for p, name in owners.items() if name == "kv" and p != root and leaf(p))
+        handle.seek((victim - 1) * 4096 + 8)
+        handle.write(random.Random(victim).randbytes(4096 - 8))
+    judged = judge_run(run_dir)
+    assert judged["verdict"] == "corrupt"
+    assert "kv" in judged["integrity"]["damaged_objects"] and "kv" in judged["reason"]
+
+
+def test_a_worker_function_that_raises_is_errors_with_its_first_line(app, cache_dir, monkeypatch):
+    monkeypatch.chdir(app)
+    res = run(write_scenario(app, app_scenario(entry="worker.py:boom", count=1, threads=1)), app / "out").runs[0]
+    assert res["verdict"] == "errors"
+    assert "python-0: ValueError: boom in the user's code" in res["reason"] and "second line" not in res["reason"]
+    log = (Path(res["run_dir"]) / "logs" / "python-0.log").read_text()
+    assert "Traceback (most recent call last)" in log and 'raise ValueError("boom' in log
+
+
+@pytest.mark.parametrize("entry, words", [
+    ("worker.py:nothing", "has no 'nothing'"),
+    ("no_such_module:work", "cannot import 'no_such_module'"),
+    ("worker.py:two", "must take one argument (the context)"),
+    ("worker.py", '"package.module:function" or "file.py:function"'),
+])
+def test_a_bad_entry_exits_2_before_anything_starts(app, entry, words):
+    path = write_scenario(app, app_scenario(entry=entry))
+    proc = subprocess.run([sys.executable, "-m", "walstress", "run", str(path), "--out", str(app / "out")],
+                          capture_output=True, text=True, cwd=app, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert str(path) in proc.stderr and "workers" in proc.stderr and words in proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1
+    assert not (app / "out").exists()
+
+
+def test_own_connections_refuse_faults_that_need_walstress_connections(app, monkeypatch):
+    monkeypatch.chdir(app)
+    data = app_scenario(connections="own")
+    with pytest.raises(ScenarioError, match="workers.python.connections.*faults.io_delay"):
+        run({**data, "sqlite": {"driver": "apsw"}, "faults": {"io_delay": {"write_ms": 1}}}, app / "out")
+
+
+def test_built_in_roles_need_their_tables(app, cache_dir, monkeypatch):
+    monkeypatch.chdir(app)
+    data = app_scenario()
+    data["workers"] = [{"role": "writer", "count": 1}]
+    with pytest.raises(ScenarioError, match="workers.writer.*messages.*role = \"python\""):
+        run(data, app / "out")
+
+
+def test_your_schema_and_sql_with_a_fill_script(tmp_path, cache_dir, monkeypatch):
+    """schema_sql + fill.sql build the template; the sql role's writes are ledgered through RETURNING."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "schema.sql").write_text(
+        "CREATE TABLE kv(k TEXT PRIMARY KEY, v TEXT) WITHOUT ROWID;\n"
+        "CREATE TABLE grid(x INTEGER, y INTEGER, colour TEXT, PRIMARY KEY (x, y));\n"
+        "CREATE TABLE notes(body TEXT);\n")
+    (tmp_path / "fill.sql").write_text("INSERT INTO kv VALUES (:uuid, :text);\nINSERT INTO notes VALUES (:short);\n")
+    statements = [
+        {"sql": "INSERT INTO kv(k, v) VALUES (?, ?)", "weight": 4, "params": [{"uuid": True}, {"text": [5, 80]}]},
+        {"sql": "UPDATE kv SET v = ? WHERE k = ?", "weight": 2, "params": [{"text": [5, 80]}, {"key": "kv"}]},
+        {"sql": "DELETE FROM kv WHERE k = ?", "weight": 1, "params": [{"key": "kv"}]},
+        {"sql": "INSERT INTO grid VALUES (?, ?, ?) ON CONFLICT DO UPDATE SET colour = excluded.colour",
+         "weight": 2, "params": [{"int": [0, 9]}, {"int": [0, 9]}, {"choice": ["red", "blue"]}]},
+        {"sql": "INSERT INTO notes(body) VALUES (?)", "weight": 1, "params": [{"text": [1, 20]}]},
+        {"sql": "SELECT count(*) FROM kv", "weight": 1},
+    ]
+    data = {"name": "sql", "duration": "2.5s",
+            "database": {"schema_sql": "schema.sql", "fill": "fill.sql", "pages": 120},
+            "workers": [{"role": "sql", "count": 2, "batch": 3, "statements": statements}]}
+    result = run(data, tmp_path / "out")
+    res = result.runs[0]
+    assert res["verdict"] == "clean", res["reason"]
+    assert set(res["ledger"]["tables"]) == {"kv", "grid", "notes"} and res["writes"]["acked"] > 100
+    template = Path(result.data["templates"][0]["path"])
+    conn = sqlite3.connect(template)
+    assert conn.execute("PRAGMA page_count").fetchone()[0] >= 120
+    conn.close()
+    info = json.loads(template.with_suffix(".json").read_text())
+    assert info["tables"] == ["grid", "kv", "notes"] and info["fill_rounds"] >= 1
+    # deleting an acknowledged notes row (a plain rowid table) behind the harness's back is caught
+    db = Path(res["run_dir"]) / "db" / "state.db"
+    ledger = [line for path in (Path(res["run_dir"]) / "ledger").glob("*.ledger")
+              for line in path.read_text().splitlines() if line.startswith("P ") and '"t":"notes"' in line]
+    rowid = next(op["k"] for op in json.loads(ledger[-1].split(" ", 3)[3][1:]) if op["t"] == "notes")
+    conn = sqlite3.connect(db)
+    with conn:
+        conn.execute("DELETE FROM notes WHERE rowid = ?", (rowid,))
+    conn.close()
+    judged = judge_run(res["run_dir"])
+    assert judged["verdict"] == "lost-writes" and judged["writes"]["lost_ids"] == [f"notes:{rowid}"]
+
+
+@pytest.mark.parametrize("statement, words", [
+    ({"sql": "INSERT INTO kv VALUES (?, ?); DELETE FROM kv", "params": []}, "not one complete statement"),
+    ({"sql": "SELECT 1", "params": [{"int": [5, 1]}]}, "int = [low, high]"),
+    ({"sql": "SELECT 1", "weight": -1}, "0 or more"),
+    ({"sql": "SELECT 1", "colour": "red"}, "unknown key"),
+])
+def test_bad_sql_statements_are_named(statement, words):
+    data = {"workers": [{"role": "sql", "statements": [statement]}]}
+    with pytest.raises(ScenarioError, match="workers.sql.statements|params") as info:
+        run(data, "unused")
+    assert words in str(info.value)
