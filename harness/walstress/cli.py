@@ -74,6 +74,12 @@ def _parser() -> argparse.ArgumentParser:
     bisect.add_argument("--cache-dir", help="template cache folder")
     bisect.add_argument("--quiet", action="store_true", help="no progress output of the runs")
 
+    init = sub.add_parser("init", help="write a commented starter scenario for your database file or your code")
+    init.add_argument("--db", help="your database file (read from a private copy, never written)")
+    init.add_argument("--entry", metavar="MODULE:FUNCTION", help='your worker function, "file.py:work" or "pkg.mod:work"')
+    init.add_argument("--out", default="walstress.toml", help="the scenario file to write (default walstress.toml)")
+    init.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+
     explain = sub.add_parser("explain", help="say in sentences which factor of a matrix changes the verdict")
     explain.add_argument("results", help="results.json or an output folder")
     return parser
@@ -227,7 +233,15 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"run": _cmd_run, "build": _cmd_build, "check": _cmd_check, "report": _cmd_report,
+def _cmd_init(args: argparse.Namespace) -> int:
+    from walstress.init import write_starter
+
+    path = write_starter(args.out, db=args.db, entry=args.entry, force=args.force)
+    print(f"wrote {path}; try it:  walstress run {path} --set duration=5s --set repeat=1")
+    return EXIT_OK
+
+
+COMMANDS = {"init": _cmd_init, "run": _cmd_run, "build": _cmd_build, "check": _cmd_check, "report": _cmd_report,
             "merge": _cmd_merge, "bisect": _cmd_bisect, "explain": _cmd_explain}
 
 
