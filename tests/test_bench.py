@@ -10,3 +10,12 @@ def test_overhead_benchmark_measures_both_loops(cache_dir):
     # the harness side really went through the writer role: one history record per transaction
     assert result["history_records_per_block"] == 20
     assert result["harness_over_bare"] > 0
+
+
+def test_ledger_api_benchmark_measures_both_loops(cache_dir):
+    from walstress.bench import measure_ledger_api
+
+    result = measure_ledger_api(transactions=20, blocks=2, cache_dir=cache_dir)
+    assert len(result["bare_tx_per_s"]) == len(result["ledger_api_tx_per_s"]) == 2
+    assert result["ledger_lines"] == 2 * 20 * 2  # a P and an A line per transaction of the ledgered loop
+    assert result["ledger_api_over_bare"] > 0

@@ -270,3 +270,29 @@ def test_bad_sql_statements_are_named(statement, words):
     with pytest.raises(ScenarioError, match="workers.sql.statements|params") as info:
         run(data, "unused")
     assert words in str(info.value)
+
+
+def test_init_writes_a_starter_that_runs(app, cache_dir, monkeypatch):
+    monkeypatch.chdir(app)
+    from walstress.cli import main
+
+    assert main(["init", "--db", "app.db", "--entry", "worker.py:work", "--out", "mine.toml"]) == 0
+    text = (app / "mine.toml").read_text()
+    assert 'template = "app.db"' in text and 'entry = "worker.py:work"' in text and 'role = "sql"' in text
+    assert "# [faults.lock_breaker]" in text
+    result = run(app / "mine.toml", app / "out", overrides=["duration=2s", "repeat=1"])
+    res = result.runs[0]
+    assert res["verdict"] == "clean", res["reason"]
+    assert {"kv", "grid"} <= set(res["ledger"]["tables"])  # the sql workers ledgered both of the app's tables
+    assert main(["init", "--db", "app.db", "--out", "mine.toml"]) == 2  # never overwrites unasked
+
+
+def test_init_refuses_what_it_cannot_use(app, monkeypatch, capsys):
+    monkeypatch.chdir(app)
+    from walstress.cli import main
+
+    assert main(["init", "--entry", "worker.py:nope"]) == 2
+    assert "has no 'nope'" in capsys.readouterr().err
+    assert main(["init", "--db", "missing.db"]) == 2
+    assert "no such file" in capsys.readouterr().err
+    assert not (app / "walstress.toml").exists()

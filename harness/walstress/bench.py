@@ -113,6 +113,79 @@ def measure_overhead(*, pages: int = 2000, transactions: int = 300, blocks: int 
     }
 
 
+# ---------------------------------------------------------- the ledger API
+_KV_SCHEMA = "CREATE TABLE IF NOT EXISTS kv(k TEXT PRIMARY KEY, v BLOB, n INTEGER) WITHOUT ROWID"
+
+
+def user_function(ctx: Any) -> None:
+    """The entry the benchmark's python worker names (the loops below call the context themselves)."""
+
+
+def _user_bare(conn: sqlite3.Connection, transactions: int, start: int) -> float:
+    """A user function's write loop with no ledger calls: BEGIN IMMEDIATE, one upsert, COMMIT."""
+    started = time.perf_counter()
+    for i in range(start, start + transactions):
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("INSERT INTO kv VALUES (?, ?, ?) ON CONFLICT DO UPDATE SET v = excluded.v, n = excluded.n",
+                     (f"bare-{i % 500}", b"v" * 64, i))
+        conn.execute("COMMIT")
+    return transactions / (time.perf_counter() - started)
+
+
+def _user_ledgered(ctx: Any, conn: sqlite3.Connection, transactions: int, start: int) -> float:
+    """The same loop through the python role's API: ctx.transaction and txn.wrote with the row given."""
+    started = time.perf_counter()
+    for i in range(start, start + transactions):
+        key, value = f"ledger-{i % 500}", b"v" * 64
+        with ctx.transaction(conn) as txn:
+            conn.execute("INSERT INTO kv VALUES (?, ?, ?) ON CONFLICT DO UPDATE SET v = excluded.v, n = excluded.n",
+                         (key, value, i))
+            txn.wrote("kv", key, {"v": value, "n": i})
+    return transactions / (time.perf_counter() - started)
+
+
+def measure_ledger_api(*, transactions: int = 300, blocks: int = 5, pages: int = 300,
+                       cache_dir: str | Path | None = None) -> dict[str, Any]:
+    """The python role's ledger API (ctx.transaction + txn.wrote) vs the same user loop without it."""
+    from walstress.workers.python import PythonActor, PythonSettings
+
+    scenario = scenario_from_dict({"name": "bench-ledger-api", "database": {"schema": "minimal", "pages": pages},
+                                   "checkpoint": {"mode": "NONE"},
+                                   "workers": [{"role": "python", "entry": "walstress.bench:user_function"}]},
+                                  source="<bench>")
+    template, _ = get_template(schema="minimal", pages=pages, page_size=4096, seed=0, cache_dir=cache_dir)
+    with tempfile.TemporaryDirectory(prefix="walstress-bench-") as tmp:
+        layout = RunLayout(Path(tmp))
+        layout.make_dirs()
+        facts = prepare_database(template, layout.db_path, scenario)
+        spec = build_specs(scenario, layout, facts, seed=1, sqlite_paths=[], pragmas=[])[0]
+        history = HistoryWriter(layout.history(spec.stem))
+        context = WorkerContext(spec=spec, settings=PythonSettings(**spec.settings), history=history,
+                                stop=threading.Event())
+        actor = PythonActor(context, 0)
+        actor.setup()
+        conn = actor.context.connect()
+        conn.execute(_KV_SCHEMA)
+        bare: list[float] = []
+        ledgered: list[float] = []
+        _user_bare(conn, max(20, transactions // 10), 0)  # warm up
+        for block in range(blocks):
+            bare.append(_user_bare(conn, transactions, block * transactions))
+            ledgered.append(_user_ledgered(actor.context, conn, transactions, block * transactions))
+        actor.teardown()
+        history.close()
+        context.close()
+        lines = sum(1 for path in layout.ledger_dir.glob("*.ledger") for _ in open(path))
+    ratio = statistics.median(ledgered) / statistics.median(bare)
+    return {
+        "what": "a user function's write transactions per second, with the ledger API vs without, alternating "
+                "blocks in one process on one database",
+        "sqlite_version": sqlite3.sqlite_version, "transactions_per_block": transactions, "blocks": blocks,
+        "bare_tx_per_s": [round(v, 1) for v in bare], "ledger_api_tx_per_s": [round(v, 1) for v in ledgered],
+        "ledger_api_over_bare": round(ratio, 3), "ledger_lines": lines,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m walstress.bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--transactions", type=int, default=300)
@@ -123,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     result = measure_overhead(pages=args.pages, transactions=args.transactions, blocks=args.blocks,
                               cache_dir=args.cache_dir)
+    result["ledger_api"] = measure_ledger_api(transactions=args.transactions, blocks=args.blocks,
+                                              cache_dir=args.cache_dir)
     text = json.dumps(result, indent=1)
     print(text)
     if args.out:

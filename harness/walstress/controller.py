@@ -72,7 +72,7 @@ def build_specs(scenario: Scenario, layout: RunLayout, facts: TemplateFacts, *, 
     for name, settings in named:
         role = ROLES.get(settings.role)
         specs.append(WorkerSpec(
-            name=name, role=settings.role, actor=role.actor_path, settings_class=role.settings_path,
+            name=name, role=settings.role, group=settings.group, actor=role.actor_path, settings_class=role.settings_path,
             role_file=role.module_file, settings=settings_to_dict(settings),
             writes_ledger=settings.expects_writes(), run_dir=str(layout.run_dir), seed=seed,
             duration=scenario.duration, parent_pid=os.getpid(), schema=scenario.database.schema,

@@ -72,6 +72,7 @@ class TemplateFacts:
 class WorkerSpec:
     name: str                       # writer-0
     role: str
+    group: str                      # the workers' group name ("" when it is the role)
     actor: str                      # "module:Class" that plays the role
     settings_class: str             # "module:Class" of the role's WorkerSettings dataclass
     role_file: str                  # the file of that module (for roles registered outside walstress)

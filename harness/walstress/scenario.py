@@ -127,6 +127,8 @@ class WorkerSettings:
     runs_fts_maintenance: ClassVar[bool] = False
 
     role: str = setting("writer", doc="the worker role")
+    group: str = setting("", doc="a name for these workers (default: the role): they are named <group>-<n>, and "
+                                 "faults name them by it (roles, target)")
     count: int = setting(1, min=0, max=256)
     connection: str = setting("persistent", choices=("persistent", "per-op"))
     threads: int = setting(1, min=1, max=64)
@@ -202,25 +204,33 @@ class Scenario:
     def get(self, key: str) -> Any:
         return self.flat()[key]
 
-    def workers_of(self, role: str) -> list[WorkerSettings]:
-        return [w for w in self.workers if w.role == role and w.count > 0]
+    def workers_of(self, name: str) -> list[WorkerSettings]:
+        """The active entries of a role, or of a group."""
+        return [w for w in self.workers if name in (w.role, w.group) and w.count > 0]
 
     def active_workers(self) -> list[WorkerSettings]:
         return [w for w in self.workers if w.count > 0]
 
     def worker_names(self) -> list[tuple[str, WorkerSettings]]:
-        """Every worker process of the scenario: (``<role>-<index>``, its settings), numbered per role."""
+        """Every worker process of the scenario: (``<group>-<index>``, its settings), numbered per group
+        (the group is the role unless an entry names one)."""
         names = []
         counters: dict[str, int] = {}
         for spec in self.workers:
+            group = spec.group or spec.role
             for _ in range(spec.count):
-                index = counters.get(spec.role, 0)
-                counters[spec.role] = index + 1
-                names.append((f"{spec.role}-{index}", spec))
+                index = counters.get(group, 0)
+                counters[group] = index + 1
+                names.append((f"{group}-{index}", spec))
         return names
 
     def role_names(self) -> tuple[str, ...]:
         return _catalog(self).roles.names()
+
+    def group_names(self) -> tuple[str, ...]:
+        """The names faults may use for a set of workers: every role, and every group of the scenario."""
+        groups = [w.group for w in self.workers if w.group]
+        return tuple(dict.fromkeys([*self.role_names(), *groups]))
 
 
 _SECTIONS: dict[str, type] = {
@@ -556,6 +566,12 @@ def validate(scenario: Scenario) -> None:
     if ck.after_fts_maintenance and ck.mode == "NONE":
         raise ScenarioError(src, "checkpoint.after_fts_maintenance", 'is true but checkpoint.mode is "NONE"')
     _validate_database(scenario)
+    roles = scenario.role_names()
+    for worker in scenario.workers:
+        if worker.group and (worker.group in roles and worker.group != worker.role
+                             or not re.fullmatch(r"[A-Za-z0-9_.]+(-[A-Za-z0-9_.]+)*", worker.group)):
+            raise ScenarioError(src, f"workers.{worker.role}.group", f"{worker.group!r}: a name of letters, digits, "
+                                                                     "_ . and - that is not another role's")
     if ck.fts_maintenance != "none" and not any(type(w).runs_fts_maintenance for w in active):
         raise ScenarioError(src, "checkpoint.fts_maintenance", "is done by writers, but the scenario has no "
                                                                "writer workers")

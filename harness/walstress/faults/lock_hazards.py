@@ -60,7 +60,8 @@ _CHILD_OUTCOMES = {code: name for name, code in _CHILD_CODES.items()}
 
 
 def _applies(roles_text: str, spec: WorkerSpec) -> bool:
-    return spec.role in parse_names(roles_text)
+    names = parse_names(roles_text)
+    return spec.role in names or (bool(spec.group) and spec.group in names)
 
 
 def _start_thread(name: str, body: Callable[[threading.Event], None], stop: threading.Event) -> Callable[[], None]:

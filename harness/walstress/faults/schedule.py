@@ -62,7 +62,7 @@ def check_schedule(section: str, at: str, every_ms: int, random_count: int) -> N
 
 
 def check_roles(section: str, key: str, text: str, scenario: Any) -> list[str]:
-    roles = scenario.role_names()
+    roles = scenario.group_names()
     names = parse_names(text)
     if not names:
         raise ValueError(f"faults.{section}.{key}: empty; a comma-separated list of roles ({', '.join(roles)})")
@@ -74,7 +74,7 @@ def check_roles(section: str, key: str, text: str, scenario: Any) -> list[str]:
 
 def check_target(section: str, scenario: Any, target: str) -> None:
     """A role with workers, a worker name of the scenario, or "any"."""
-    roles = scenario.role_names()
+    roles = scenario.group_names()
     if target == "any":
         return
     if target in roles:
@@ -135,7 +135,7 @@ def live_candidates(workers: Iterable[WorkerHandle], target: str) -> list[Worker
     for worker in workers:
         if not worker.alive():
             continue
-        if target == "any" or worker.role == target or worker.name == target:
+        if target in ("any", worker.role, worker.spec.group, worker.name):
             out.append(worker)
     return sorted(out, key=lambda w: w.name)
 
