@@ -152,8 +152,9 @@ def stress(session: nox.Session) -> None:
 
 
 def reproductions() -> list[Path]:
-    """Every shipped scenario but smoke; each declares its own expect."""
-    return sorted(p for p in SCENARIOS.glob("*.toml") if p.name != SMOKE.name)
+    """Every shipped scenario but smoke, and every example's scenarios; each declares its own expect."""
+    shipped = sorted(p for p in SCENARIOS.glob("*.toml") if p.name != SMOKE.name)
+    return shipped + sorted((ROOT / "examples").glob("*/*.toml"))
 
 
 def _cell_lines(data: dict) -> list[tuple[str, str, str, bool]]:
@@ -174,7 +175,8 @@ def repro(session: nox.Session) -> None:
     root, args = _take_out("repro", args)
     table: list[tuple[str, str, str, str, bool]] = []
     for scenario in scenarios:
-        name = Path(scenario).stem
+        path = Path(scenario)
+        name = f"{path.parent.name}-{path.stem}" if path.parent.parent.name == "examples" else path.stem
         data = _walstress_run(session, scenario, root / name, args, keep_going=True)
         if data is None:
             table.append((name, "-", "-", "no results (see the error above)", False))
