@@ -40,6 +40,9 @@ def test_every_key_has_a_default():
         "checkpoint.mode": "PASSIVE", "checkpoint.every_writes": 0, "checkpoint.interval_ms": 1000,
         "checkpoint.on_close": False, "checkpoint.fts_maintenance": "none", "checkpoint.fts_merge_pages": 500,
         "checkpoint.fts_every_writes": 200, "checkpoint.after_fts_maintenance": False,
+        "search.runs": 1, "search.expect": "clean", "search.max_examples": 100, "search.budget": 900.0,
+        "search.confirm_runs": 5, "search.confirm_min": 2, "search.shrink_budget": 1800.0, "search.faults": [],
+        "search.vary": {},
     }
     # every fault key has a default too (the section's dataclass default applies when it is absent)
     assert all(key in known_keys() for key in scenario.flat())

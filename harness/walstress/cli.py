@@ -74,6 +74,21 @@ def _parser() -> argparse.ArgumentParser:
     bisect.add_argument("--cache-dir", help="template cache folder")
     bisect.add_argument("--quiet", action="store_true", help="no progress output of the runs")
 
+    search = sub.add_parser("search", help="look for a scenario that breaks the property, shrink it, write it "
+                                           "to found/ (exit 1 when found, 0 when not)")
+    search.add_argument("scenario", help="scenario TOML file with a [search] table")
+    search.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    search.add_argument("--budget", help='time to look for a failure, e.g. "10m" (default: search.budget)')
+    search.add_argument("--max-examples", type=int, help="examples at the most (default: search.max_examples)")
+    search.add_argument("--runs", type=int, help="runs per example (default: search.runs)")
+    search.add_argument("--out", help="output folder (default reports/search-<name>-<time>)")
+    search.add_argument("--found", default="found", help="where the found scenario is written (default found/)")
+    search.add_argument("--example-db", metavar="DIR|github:OWNER/REPO",
+                        help="Hypothesis's example database (default: one per search space in the cache dir)")
+    search.add_argument("--no-shrink", action="store_true", help="write the first failing example as it was found")
+    search.add_argument("--cache-dir", help="template cache folder")
+    search.add_argument("--quiet", action="store_true", help="no progress lines")
+
     init = sub.add_parser("init", help="write a commented starter scenario for your database file or your code")
     init.add_argument("--db", help="your database file (read from a private copy, never written)")
     init.add_argument("--entry", metavar="MODULE:FUNCTION", help='your worker function, "file.py:work" or "pkg.mod:work"')
@@ -233,6 +248,35 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_search(args: argparse.Namespace) -> int:
+    from walstress.api import load_scenario
+    from walstress.search import run_search
+    from walstress.settings import parse_duration_seconds
+
+    scenario = load_scenario(args.scenario, args.overrides)
+    budget = None
+    if args.budget is not None:
+        try:
+            budget = parse_duration_seconds(args.budget)
+        except ValueError as exc:
+            raise UsageError(f"--budget {args.budget!r}: expected {exc}") from None
+    for name in ("max_examples", "runs"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
+    out = Path(args.out) if args.out else Path("reports") / f"search-{scenario.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+    def say(text: str) -> None:
+        if not args.quiet:
+            print(text, file=sys.stderr, flush=True)
+
+    summary = run_search(scenario, out, budget_s=budget, max_examples=args.max_examples, runs=args.runs,
+                         found_dir=args.found, example_db=args.example_db, cache_dir=args.cache_dir,
+                         shrink_failure=not args.no_shrink, say=say)
+    print(summary["message"])
+    print(f"log: {summary['log']}")
+    return EXIT_MISMATCH if summary["status"] == "found" else EXIT_OK
+
+
 def _cmd_init(args: argparse.Namespace) -> int:
     from walstress.init import write_starter
 
@@ -241,7 +285,7 @@ def _cmd_init(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"init": _cmd_init, "run": _cmd_run, "build": _cmd_build, "check": _cmd_check, "report": _cmd_report,
+COMMANDS = {"search": _cmd_search, "init": _cmd_init, "run": _cmd_run, "build": _cmd_build, "check": _cmd_check, "report": _cmd_report,
             "merge": _cmd_merge, "bisect": _cmd_bisect, "explain": _cmd_explain}
 
 

@@ -24,22 +24,9 @@ from walstress.catalog import load_scenario
 from walstress.database.snapshot import copy_database
 from walstress.errors import ScenarioError, UsageError
 from walstress.loading import LoadError, ensure_on_path, load_object
+from walstress.tomlwriter import value as toml_value
 
 MAX_TABLES = 4
-
-
-def _toml(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + "}"
-    raise TypeError(type(value))
 
 
 def _quote(name: str) -> str:
@@ -125,7 +112,7 @@ def starter(db: Path | None, entry: str | None, out: Path) -> str:
     lines.append("[database]")
     if db is not None:
         tables = describe_tables(db)
-        lines += [f"template = {_toml(os.path.relpath(db.resolve(), base))}   # copied consistently, never written",
+        lines += [f"template = {toml_value(os.path.relpath(db.resolve(), base))}   # copied consistently, never written",
                   "busy_timeout_ms = 5000", ""]
     else:
         lines += ['schema = "minimal"         # or: template = "your.db", or schema_sql = "schema.sql"',
@@ -136,7 +123,7 @@ def starter(db: Path | None, entry: str | None, out: Path) -> str:
             entry = f"{os.path.relpath(Path(module).resolve(), base)}:{function}"
         lines += ["# Your code: called once per thread as work(ctx) until ctx.stop is set. ctx.connect() gives a",
                   "# connection with every fault installed; ctx.transaction(conn) ledgers what txn.wrote(...) says.",
-                  "[[workers]]", 'role = "python"', f"entry = {_toml(entry)}", "count = 2", "threads = 1",
+                  "[[workers]]", 'role = "python"', f"entry = {toml_value(entry)}", "count = 2", "threads = 1",
                   "args = {}", ""]
     written = 0
     for table in tables[:MAX_TABLES]:
@@ -147,7 +134,7 @@ def starter(db: Path | None, entry: str | None, out: Path) -> str:
         lines += [f"# Writes of table {table['name']} ({table['rows']:,} rows now), ledgered through RETURNING.",
                   "[[workers]]", 'role = "sql"', f'group = "sql-{written}"', "count = 2", "batch = 2",
                   "statements = ["]
-        lines += [f"  {_toml(s)}," for s in statements]
+        lines += [f"  {toml_value(s)}," for s in statements]
         lines += ["]", ""]
     if entry is None and not written:
         lines += ["[[workers]]", 'role = "writer"', "count = 2", "", "[[workers]]", 'role = "reader"', "count = 1", ""]

@@ -53,6 +53,7 @@ from walstress.settings import (
     coerce_value,
     did_you_mean,
     field_named,
+    field_type,
     parse_set_value,
     resolve_path,
     setting,
@@ -114,6 +115,26 @@ class CheckpointSettings:
 
 
 @dataclass
+class SearchSettings:
+    """What ``walstress search`` explores (``[search]``): see search/space.py."""
+
+    runs: int = setting(1, min=1, max=100, doc="runs per example; an example fails when one of them does")
+    expect: str = setting("clean", choices=EXPECTATIONS, doc="the property: every run's verdict meets it (a run "
+                                                            "that ends in errors is reported, not a failure)")
+    max_examples: int = setting(100, min=1, max=1_000_000, doc="examples to try at the most")
+    budget: float = setting(900.0, min=1.0, max=7 * 86400, kind="duration", doc="time to look for a failure")
+    confirm_runs: int = setting(5, min=1, max=1000, doc="runs that judge each shrink step")
+    confirm_min: int = setting(2, min=1, max=1000, doc="failing runs (of confirm_runs) a shrink step must keep")
+    shrink_budget: float = setting(1800.0, min=0.0, max=7 * 86400, kind="duration", doc="time to shrink a failure")
+    faults: list = setting([], kind="list", doc="fault sections that are each maybe on (their `enabled` key)")
+    vary: dict = setting({}, kind="table", doc='key = [values] | {min = a, max = b} | "any"')
+
+    @property
+    def active(self) -> bool:
+        return bool(self.vary or self.faults)
+
+
+@dataclass
 class WorkerSettings:
     """What every ``[[workers]]`` entry has. A role's module derives its own settings from this
     class (its fields become ``workers.<role>.<key>``) and may say, in class variables, what
@@ -172,6 +193,7 @@ class Scenario:
     sqlite: SqliteSettings = field(default_factory=SqliteSettings)
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
     checkpoint: CheckpointSettings = field(default_factory=CheckpointSettings)
+    search: SearchSettings = field(default_factory=SearchSettings)
     faults: dict[str, Any] = field(default_factory=dict)
     workers: list[WorkerSettings] = field(default_factory=list)
     matrix: dict[str, list[Any]] = field(default_factory=dict)
@@ -237,6 +259,7 @@ _SECTIONS: dict[str, type] = {
     "sqlite": SqliteSettings,
     "database": DatabaseSettings,
     "checkpoint": CheckpointSettings,
+    "search": SearchSettings,
 }
 _SCALAR_TOP = ("name", "description", "seed", "duration", "repeat", "expect", "expect_fraction")
 
@@ -430,6 +453,7 @@ def scenario_from_dict(data: dict, *, catalog: Catalog, source: str = "<dict>",
     workers = data.pop("workers", None)
     matrix = data.pop("matrix", {})
     faults = data.pop("faults", {})
+    search = data.pop("search", {})
     expect_when = data.pop("expect_when", [])
     if workers is None:
         scenario.workers = _default_workers(catalog)
@@ -439,6 +463,10 @@ def scenario_from_dict(data: dict, *, catalog: Catalog, source: str = "<dict>",
         scenario.workers = [_build_worker(source, i, t, catalog) for i, t in enumerate(workers)]
     for key, value in _flatten_table(data).items():
         apply_setting(scenario, key, value, source=source)
+    if not isinstance(search, dict):
+        raise ScenarioError(source, "search", "must be a table")
+    for key, value in search.items():  # search.vary is one table of dotted keys: not flattened
+        apply_setting(scenario, f"search.{key}", value, source=source)
     if not isinstance(faults, dict):
         raise ScenarioError(source, "faults", "must be a table")
     for key, value in _flatten_table(faults, "faults.").items():
@@ -536,7 +564,7 @@ def add_matrix_axis(scenario: Scenario, key: str, values: Any, *, source: str) -
     where = f"matrix.{key}"
     if not isinstance(values, list) or not values:
         raise ScenarioError(source, where, "must be a non-empty list of values")
-    if key in ("name", "description", "repeat", "matrix"):
+    if key in ("name", "description", "repeat", "matrix") or key.startswith("search."):
         raise ScenarioError(source, where, f"{key} cannot vary in a matrix")
     checked = []
     for value in values:
@@ -566,6 +594,7 @@ def validate(scenario: Scenario) -> None:
     if ck.after_fts_maintenance and ck.mode == "NONE":
         raise ScenarioError(src, "checkpoint.after_fts_maintenance", 'is true but checkpoint.mode is "NONE"')
     _validate_database(scenario)
+    _validate_search(scenario)
     roles = scenario.role_names()
     for worker in scenario.workers:
         if worker.group and (worker.group in roles and worker.group != worker.role
@@ -609,6 +638,66 @@ def _validate_database(scenario: Scenario) -> None:
                 raise ScenarioError(src, key, str(exc)) from None
             if not callable(function):
                 raise ScenarioError(src, key, f"{value} is not a function")
+
+
+def _validate_search(scenario: Scenario) -> None:
+    """Each [search] axis names a known key, with values that key takes."""
+    src, search = scenario.source, scenario.search
+    catalog = _catalog(scenario)
+    if search.confirm_min > search.confirm_runs:
+        raise ScenarioError(src, "search.confirm_min", f"{search.confirm_min} is more than search.confirm_runs "
+                                                       f"({search.confirm_runs})")
+    for name in search.faults:
+        cls = catalog.fault_sections.get(name) if isinstance(name, str) and name in catalog.fault_sections else None
+        if cls is None or field_named(cls, "enabled") is None:
+            names = [n for n, c in catalog.fault_sections.items() if field_named(c, "enabled") is not None]
+            raise ScenarioError(src, "search.faults", f"{name!r} is not a fault section that can be switched on; "
+                                                      f"one of {', '.join(names)}")
+    for key, spec in search.vary.items():
+        where = f"search.vary.{key}"
+        f = field_for_key(scenario, key)
+        if f is None or key in ("name", "description", "repeat", "expect", "expect_fraction"):
+            raise ScenarioError(src, where, f"not a key a search can vary{did_you_mean(key, known_keys(catalog))}")
+        meta = setting_meta(f)
+        if spec == "any":
+            if meta.get("choices") is None and field_type(f) is not bool:
+                raise ScenarioError(src, where, '"any" needs a key with a set of choices or true/false; give '
+                                                "[values] or {min = ..., max = ...}")
+            continue
+        if isinstance(spec, dict):
+            if set(spec) != {"min", "max"} or field_type(f) not in (int, float) and meta.get("kind") not in (
+                    "duration", "ms", "bytes"):
+                raise ScenarioError(src, where, "{min = ..., max = ...} is for a number; give [values] for others")
+            values = [spec["min"], spec["max"]]
+        elif isinstance(spec, list) and spec:
+            values = spec
+        else:
+            raise ScenarioError(src, where, 'a list of values, {min = ..., max = ...} or "any"')
+        checked = []
+        for value in values:
+            probe = copy.deepcopy(scenario)
+            try:
+                apply_setting(probe, key, value, source=src)
+            except ScenarioError as exc:
+                raise ScenarioError(src, where, exc.message) from None
+            checked.append(key_value(probe, key))
+        if isinstance(spec, dict) and checked[0] > checked[1]:
+            raise ScenarioError(src, where, f"min {spec['min']!r} is above max {spec['max']!r}")
+
+
+def field_for_key(scenario: Scenario, key: str) -> dataclasses.Field | None:
+    """The settings field a dotted key sets (workers.<role>.<key> and faults included), or None."""
+    catalog = _catalog(scenario)
+    parts = key.split(".")
+    if len(parts) == 1 and key in _SCALAR_TOP:
+        return field_named(Scenario, key)
+    if len(parts) == 2 and parts[0] in _SECTIONS and parts[0] != "search":
+        return field_named(_SECTIONS[parts[0]], parts[1])
+    if len(parts) == 3 and parts[0] == "faults" and parts[1] in catalog.fault_sections:
+        return field_named(catalog.fault_sections.get(parts[1]), parts[2])
+    if len(parts) == 3 and parts[0] == "workers" and parts[1] in catalog.roles:
+        return field_named(catalog.roles.get(parts[1]), parts[2])
+    return None
 
 
 def user_code_path(scenario: Scenario) -> list[str]:
