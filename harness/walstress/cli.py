@@ -89,6 +89,11 @@ def _parser() -> argparse.ArgumentParser:
     search.add_argument("--cache-dir", help="template cache folder")
     search.add_argument("--quiet", action="store_true", help="no progress lines")
 
+    repro = sub.add_parser("repro", help="write one standalone Python file that reproduces a scenario's mechanism")
+    repro.add_argument("target", help="a run dir (cell-NNN/run-NNN), an output folder or a one-cell scenario file")
+    repro.add_argument("--out", default="repro.py", help="the file to write (default repro.py)")
+    repro.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+
     init = sub.add_parser("init", help="write a commented starter scenario for your database file or your code")
     init.add_argument("--db", help="your database file (read from a private copy, never written)")
     init.add_argument("--entry", metavar="MODULE:FUNCTION", help='your worker function, "file.py:work" or "pkg.mod:work"')
@@ -277,6 +282,14 @@ def _cmd_search(args: argparse.Namespace) -> int:
     return EXIT_MISMATCH if summary["status"] == "found" else EXIT_OK
 
 
+def _cmd_repro(args: argparse.Namespace) -> int:
+    from walstress.repro import write_repro
+
+    path, mechanism = write_repro(args.target, args.out, args.overrides)
+    print(f"wrote {path} ({mechanism.replace('_', ' ')}); run it anywhere with: python3 {path}")
+    return EXIT_OK
+
+
 def _cmd_init(args: argparse.Namespace) -> int:
     from walstress.init import write_starter
 
@@ -285,7 +298,7 @@ def _cmd_init(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"search": _cmd_search, "init": _cmd_init, "run": _cmd_run, "build": _cmd_build, "check": _cmd_check, "report": _cmd_report,
+COMMANDS = {"repro": _cmd_repro, "search": _cmd_search, "init": _cmd_init, "run": _cmd_run, "build": _cmd_build, "check": _cmd_check, "report": _cmd_report,
             "merge": _cmd_merge, "bisect": _cmd_bisect, "explain": _cmd_explain}
 
 
