@@ -6,6 +6,16 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# Hypothesis profiles: "ci" (the default: derandomized, so a run is the same on every machine; no
+# deadline, the tests run real SQLite) and "nightly" (more examples, the example database kept so
+# that a failure found overnight is replayed first). HYPOTHESIS_PROFILE=nightly selects it.
+settings.register_profile("ci", derandomize=True, deadline=None, max_examples=25, database=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("nightly", deadline=None, max_examples=400,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture(scope="session")
