@@ -3,6 +3,7 @@
     nox                       lint, tests and smoke (the default)
     nox -s tests -- -n auto   the default test suite; arguments go to pytest
     nox -s lint               ruff, mypy and the layering contracts (lint-imports)
+    nox -s nightly            property and stateful tests with the nightly Hypothesis profile
     nox -s smoke              the 15 s smoke scenario
     nox -s stress             full-size (65K pages) healthy stress, a matrix of checkpoint modes
     nox -s repro              every shipped reproduction (scenarios/*.toml but smoke) against its expect
@@ -123,6 +124,14 @@ def tests(session: nox.Session) -> None:
     """The default test suite (pytest; arguments after -- go to pytest)."""
     _install(session, "test")
     session.run("pytest", *session.posargs)
+
+
+@nox.session
+def nightly(session: nox.Session) -> None:
+    """Property and stateful tests with the nightly Hypothesis profile (more examples, failures kept)."""
+    _install(session, "test")
+    session.run("pytest", "tests/test_stateful.py", "tests/test_scenario.py", *session.posargs,
+                env={"HYPOTHESIS_PROFILE": "nightly"})
 
 
 @nox.session
