@@ -105,9 +105,10 @@ def check(db, ledger_folder, errors, may_lose=lambda row_id, acked_ns: False):
     ``may_lose`` allows)."""
     try:
         conn = sqlite3.connect(db, timeout=10)
-        problems = [r[0] for r in conn.execute("PRAGMA integrity_check(20)")]
+        problems = [line for row in conn.execute("PRAGMA integrity_check(20)") for line in row[0].splitlines()
+                    if not line.startswith("*** in database")]
         if problems != ["ok"]:
-            return True, f"integrity_check: {problems[0].splitlines()[0]}"
+            return True, f"integrity_check: {problems[0] if problems else 'damaged'}"
         try:
             conn.execute("INSERT INTO messages_fts(messages_fts) VALUES ('integrity-check')")
         except sqlite3.DatabaseError as exc:
