@@ -26,6 +26,7 @@ from walstress.layout import RunLayout
 from walstress.processes import WorkerPool, WorkerProcess, worker_environment
 from walstress.runspec import ConnectionOptions, TemplateFacts, WorkerSpec
 from walstress.sampler import Sampler
+from walstress.storage import Storage
 from walstress.scenario import Scenario, scenario_to_jsonable, settings_to_dict, user_code_path
 from walstress.workers.registry import ROLES
 
@@ -59,7 +60,7 @@ def prepare_database(template: Path, db_path: Path, scenario: Scenario) -> Templ
 
 
 def build_specs(scenario: Scenario, layout: RunLayout, facts: TemplateFacts, *, seed: int,
-                sqlite_paths: Sequence[str], pragmas: Sequence[str]) -> list[WorkerSpec]:
+                sqlite_paths: Sequence[str], pragmas: Sequence[str], storage: Storage | None = None) -> list[WorkerSpec]:
     """One spec per worker process of the scenario."""
     named = scenario.worker_names()
     sharing = [settings for _, settings in named if type(settings).shares_template_rows]
@@ -79,6 +80,7 @@ def build_specs(scenario: Scenario, layout: RunLayout, facts: TemplateFacts, *, 
             database_seed=scenario.database.seed, connection=connection, checkpoint=scenario.checkpoint,
             facts=facts, partition=(base, partition_total), sqlite_paths=tuple(sqlite_paths),
             python_path=python_path, faults=faults,
+            db_file=str(storage.worker_path(name, settings.group)) if storage is not None else "",
         ))
         if type(settings).shares_template_rows:
             base += settings.threads
@@ -89,9 +91,11 @@ class RunContext:
     """The run in flight, as faults and the progress display see it (``faults.base.RunControl``)."""
 
     def __init__(self, scenario: Scenario, layout: RunLayout, seed: int, history: HistoryWriter,
-                 pool: WorkerPool):
+                 pool: WorkerPool, storage: Storage):
         self.scenario = scenario
         self.layout = layout
+        self.storage = storage
+        self.db_path = storage.worker_path()
         self.seed = seed
         self.duration = scenario.duration
         self.history = history
@@ -124,6 +128,9 @@ class RunContext:
     def record(self, rec: dict[str, Any]) -> None:
         self.history.record(rec)
 
+    def storage_cut(self) -> dict[str, Any]:
+        return self.storage.cut()
+
     def _own(self, workers: Sequence[WorkerHandle]) -> list[WorkerProcess]:
         """The pool's own process objects for the handles a fault passes back."""
         ids = {id(w) for w in workers}
@@ -152,17 +159,20 @@ def execute_run(scenario: Scenario, run_dir: Path, template: Path, *, seed: int,
         return worker_environment(spec.sqlite_paths, extra)
 
     pool = WorkerPool(layout, history, env_for)
-    run = RunContext(scenario, layout, seed, history, pool)
+    storage = Storage(scenario.database.filesystem, layout, history, guests=_guests(scenario))
+    run = RunContext(scenario, layout, seed, history, pool, storage)
     sampler_history = HistoryWriter(layout.sampler_history)
-    run.sampler = Sampler(layout.db_path, sampler_history, pool.live_pids)
+    run.sampler = Sampler(storage.backing_path, sampler_history, pool.live_pids)
     interrupted: BaseException | None = None
     try:
-        facts = prepare_database(template, layout.db_path, scenario)
+        storage.prepare()
+        facts = prepare_database(template, storage.backing_path, scenario)
+        storage.start()
         history.record({"type": "note", "t": time.time(), "msg": "database prepared",
                         "journal_mode": facts.journal_mode, "template_id_range": list(facts.id_range),
                         "pages": facts.pages})
         specs = build_specs(scenario, layout, facts, seed=seed, sqlite_paths=sqlite_paths,
-                            pragmas=faults.connection_pragmas() if faults is not None else [])
+                            pragmas=faults.connection_pragmas() if faults is not None else [], storage=storage)
         for spec in specs:
             pool.spawn(spec)
         pool.wait_ready(READY_TIMEOUT_SECONDS)
@@ -184,6 +194,10 @@ def execute_run(scenario: Scenario, run_dir: Path, template: Path, *, seed: int,
         pool.stop_all(STOP_GRACE_SECONDS)
         if run.sampler.is_alive():
             run.sampler.stop()
+        try:
+            storage.stop()
+        except Exception as exc:  # an unmount problem is recorded; the database is judged all the same
+            history.record({"type": "note", "t": time.time(), "msg": f"storage stop failed: {exc!r}"})
         sampler_history.close()
         history.record({"type": "run_stop", "t": time.time(),
                         "interrupted": type(interrupted).__name__ if interrupted else None})
@@ -194,6 +208,17 @@ def execute_run(scenario: Scenario, run_dir: Path, template: Path, *, seed: int,
         # Not a verdict: record it and let the judge say "errors".
         layout.controller_error.write_text(f"{type(interrupted).__name__}: {interrupted}\n")
     return layout
+
+
+def _guests(scenario: Scenario) -> set[str]:
+    """fuse-split-shm: the workers on the guest side (database.shm_guests, else every other worker)."""
+    if scenario.database.filesystem != "fuse-split-shm":
+        return set()
+    named = scenario.worker_names()
+    wanted = {name.strip() for name in scenario.database.shm_guests.split(",") if name.strip()}
+    if wanted:
+        return {name for name, settings in named if settings.role in wanted or settings.group in wanted}
+    return {name for index, (name, _) in enumerate(named) if index % 2 == 1}
 
 
 def _run_for(run: RunContext, progress: ProgressFn | None, faults: FaultPlan | None) -> None:

@@ -90,6 +90,7 @@ class WorkerSpec:
     partition: tuple[int, int]      # (first index, total): template rows with id % total == index + thread
     sqlite_paths: tuple[str, ...] = ()
     python_path: tuple[str, ...] = ()   # folders for the scenario's own code (its file's folder, the working one)
+    db_file: str = ""                   # where the database is opened, when not the run dir's db/ (a mount)
     faults: dict[str, dict[str, Any]] = field(default_factory=dict)
     incarnation: int = 0
     format: int = SPEC_FORMAT
@@ -106,7 +107,8 @@ class WorkerSpec:
 
     @property
     def db_path(self) -> str:
-        return str(self.layout.db_path)
+        """Where this worker opens the database (through a mount when the file system is FUSE)."""
+        return self.db_file or str(self.layout.db_path)
 
     @property
     def threads(self) -> int:

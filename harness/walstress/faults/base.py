@@ -38,6 +38,7 @@ VFS name for apsw connections, or None).
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any, ClassVar, Protocol, Sequence
 
 from walstress.layout import RunLayout
@@ -79,6 +80,7 @@ class RunControl(Protocol):
 
     scenario: Scenario
     layout: RunLayout
+    db_path: Path          # the database as the workers open it (through a mount, for FUSE file systems)
     seed: int
     duration: float        # this run's length in seconds
     t_go: float            # when the workers were let go (epoch seconds; 0 before)
@@ -100,6 +102,10 @@ class RunControl(Protocol):
         ...
 
     def record(self, rec: dict[str, Any]) -> None: ...
+
+    def storage_cut(self) -> dict[str, Any]:
+        """The storage loses what it had not written through (a power cut); what it dropped."""
+        ...
 
 
 class FaultSettings:

@@ -384,13 +384,13 @@ class WalUnlinkFault(ScheduledFault):
     def tick(self, run: RunControl) -> None:
         now = time.time()
         for n in self.due(run, now):
-            rec = _act_on_wal(str(run.layout.db_path) + "-wal", self.settings.action, str(n))
+            rec = _act_on_wal(str(run.db_path) + "-wal", self.settings.action, str(n))
             t = rec.pop("t")
-            self.record(run, t=t, t_end=time.time(), target=os.path.basename(str(run.layout.db_path)) + "-wal",
+            self.record(run, t=t, t_end=time.time(), target=os.path.basename(str(run.db_path)) + "-wal",
                         side="controller", **rec)
 
     def stop(self, run: RunControl) -> None:
         for offset in self.missed():  # the run ended before the controller's loop got there
             t = run.t_go + offset
-            self.record(run, t=t, t_end=t, target=os.path.basename(str(run.layout.db_path)) + "-wal", side="controller",
+            self.record(run, t=t, t_end=t, target=os.path.basename(str(run.db_path)) + "-wal", side="controller",
                         action=self.settings.action, outcome="skipped", reason="the run ended first")

@@ -305,6 +305,7 @@ class PowerLossFault(Fault):
         t = time.time()
         live = run.workers()
         run.kill(live)  # all at once: signals first, then the waits
+        storage = run.storage_cut()  # a storage that lied about syncs loses what it had not written through
         t_killed = time.time()
         layout = run.layout
         request = layout.control_file(REQUEST_FILE)
@@ -313,7 +314,7 @@ class PowerLossFault(Fault):
         s = self.settings
         files = roll_back(plans, s.rollback, random.Random(f"{self.seed}:power_loss:rollback"),
                           keep_probability=s.keep_probability, sector_bytes=s.sector_bytes)
-        db_path = str(layout.db_path)
+        db_path = str(run.db_path)
         shm = Path(db_path + "-shm")
         shm_removed = False
         if shm.exists():
@@ -329,7 +330,8 @@ class PowerLossFault(Fault):
             "killed": [w.name for w in live], "kill_ms": round((t_killed - t) * 1000, 1),
             "last_wal_sync_t": wal_plan.last_sync_wall if wal_plan else None,
             "last_db_sync_t": db_plan.last_sync_wall if db_plan else None,
-            "files": files, "shm_removed": shm_removed,
+            "files": files, "shm_removed": shm_removed, "storage": storage,
+            "filesystem": run.scenario.database.filesystem,
         }
         self.record(run, t=t, t_end=time.time(), target="all workers", **detail)
 
@@ -367,6 +369,14 @@ def judge_power_loss(run: RunEvidence) -> list[Finding]:
                 lost_although_synced_ids=synced[:100])
     info["acked_after_last_sync"] = sum(1 for t in ack_times.values() if last_sync is None or t >= last_sync)
     run.extras["power_loss"] = info
+    filesystem = (scenario.get("database") or {}).get("filesystem", "native")
+    if filesystem == "fuse-lying-fsync" and lost_ids:
+        dropped = sum((view or {}).get("dropped_writes") or 0 for view in (detail.get("storage") or {}).values())
+        info["sync_not_honoured"] = True
+        return [Finding("power_loss", "lost-writes",
+                        f"{len(lost_ids)} acknowledged rows lost although acknowledged: sync not honoured (the "
+                        f"storage, database.filesystem = {filesystem}, dropped {dropped} writes it had not written "
+                        "through when the power went)", excuses=("ledger",))]
     if settings.get("allow_unsynced_loss") and synchronous == "NORMAL" and not synced and lost_ids:
         return [Finding("power_loss", "clean",
                         f"{len(lost_ids)} acknowledged rows lost, all committed after the last WAL sync: allowed "

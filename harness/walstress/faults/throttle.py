@@ -338,7 +338,7 @@ class ThrottleSettings(FaultSettings):
                                             write_bps=self.write_bps, write_iops=self.write_iops,
                                             read_bps=self.read_bps, read_iops=self.read_iops)
             return closer
-        group = group_path(backend, spec.parent_pid, spec.db_path)
+        group = group_path(backend, spec.parent_pid, str(spec.layout.db_path))
         create_group(backend, group, device or "", self)
         join_group(group, os.getpid())
         history.record({"type": "note", "worker": spec.name, "t": time.time(),
