@@ -23,7 +23,8 @@ from walstress.settings import Registry
 
 FAULTS: Registry[type[FaultSettings]] = Registry("fault section")
 JudgeHook = Callable[[RunEvidence], list[Finding]]
-JUDGE_HOOKS: list[JudgeHook] = [vfs.judge_shim, throttle.judge_throttle, power_loss.judge_power_loss]
+JUDGE_HOOKS: list[JudgeHook] = [vfs.judge_shim, vfs.judge_io_errors, throttle.judge_throttle,
+                                 power_loss.judge_power_loss]
 
 
 def register_fault(cls: type[FaultSettings]) -> type[FaultSettings]:
@@ -42,6 +43,7 @@ register_fault(lock_hazards.ForkSettings)
 register_fault(lock_hazards.TwoLibrariesSettings)
 register_fault(lock_hazards.WalUnlinkSettings)
 register_fault(vfs.IoDelaySettings)
+register_fault(vfs.IoErrorSettings)
 register_fault(throttle.ThrottleSettings)
 register_fault(fsync.FsyncSettings)
 register_fault(power_loss.PowerLossSettings)

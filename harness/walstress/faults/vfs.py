@@ -274,6 +274,55 @@ def read_undo_log(path: Path) -> Iterator[UndoRecord]:
 
 
 # ----------------------------------------------------------- process settings
+@dataclass
+class IoErrorPlan:
+    """Which calls the shim fails in this process (faults.io_error), and how."""
+
+    calls: frozenset[str]          # read / write / sync / truncate
+    files: frozenset[str]          # db / wal / journal
+    probability: float
+    nth: int                       # fail the nth matching call (0: off)
+    error: str                     # ioerr / full
+    disk_full_bytes: int           # writes that grow the files past this many bytes fail with SQLITE_FULL
+    tracked: tuple[str, ...]       # the files whose sizes count for disk_full_bytes
+    seen: int = 0
+
+    def fails(self, state: "ShimState", call: str, kind: str) -> bool:
+        if call not in self.calls or kind not in self.files:
+            return False
+        with state.lock:
+            self.seen += 1
+            if self.nth and self.seen == self.nth:
+                return True
+            return self.probability > 0 and state.rng.random() < self.probability
+
+    def disk_full(self, growth: int) -> bool:
+        if not self.disk_full_bytes or growth <= 0:
+            return False
+        used = 0
+        for path in self.tracked:
+            try:
+                used += os.stat(path).st_size
+            except OSError:
+                pass
+        return used + growth > self.disk_full_bytes
+
+
+_IOERR_CODES = {"read": "SQLITE_IOERR_READ", "write": "SQLITE_IOERR_WRITE", "sync": "SQLITE_IOERR_FSYNC",
+                "truncate": "SQLITE_IOERR_TRUNCATE"}
+
+
+def _io_error(call: str, error: str, path: str) -> Exception:
+    """The exception apsw turns into SQLite's error code: SQLITE_FULL, or SQLITE_IOERR_<call>."""
+    import apsw
+
+    if error == "full":
+        return apsw.FullError(f"walstress io_error: {call} of {os.path.basename(path)}: disk full")
+    exc = apsw.IOError(f"walstress io_error: {call} of {os.path.basename(path)}")
+    exc.extendedresult = getattr(apsw, _IOERR_CODES[call])  # type: ignore[attr-defined]
+    return exc
+
+
 class ShimState:
     """What the shim does in this process; sections fill it in at install time."""
 
@@ -294,6 +343,7 @@ class ShimState:
         self.history: Any = None
         self.worker = ""
         self.installed_by: list[str] = []
+        self.io_error: IoErrorPlan | None = None
 
     def random_uniform(self, low: float, high: float) -> float:
         with self.lock:
@@ -444,7 +494,20 @@ def _make_vfs(state: ShimState) -> Any:
             time.sleep(seconds)
             state.add_delay(key, seconds)
 
+        def _fail(self, call: str, growth: int = 0) -> None:
+            plan = state.io_error
+            if plan is None:
+                return
+            kind = "db" if self.is_main_db else ("wal" if self.is_wal else "journal")
+            if call == "write" and kind in plan.files and plan.disk_full(growth):
+                state.add("io_errors_disk_full")
+                raise _io_error(call, "full", self.path)
+            if plan.fails(state, call, kind):
+                state.add(f"io_errors_{call}")
+                raise _io_error(call, plan.error, self.path)
+
         def xRead(self, amount: int, offset: int) -> bytes:
+            self._fail("read")
             state.add("reads")
             state.add("read_bytes", amount)
             if state.throttle is not None:
@@ -454,6 +517,8 @@ def _make_vfs(state: ShimState) -> Any:
 
         def xWrite(self, data: Any, offset: int) -> None:
             length = len(data)
+            if state.io_error is not None:
+                self._fail("write", growth=max(0, offset + length - self.base.size()))
             state.add("writes")
             state.add("write_bytes", length)
             if state.throttle is not None:
@@ -467,6 +532,7 @@ def _make_vfs(state: ShimState) -> Any:
                 state.cut.after_db_write(offset)
 
         def xTruncate(self, newsize: int) -> None:
+            self._fail("truncate")
             state.add("truncates")
             undo = state.undo
             if self.fid and undo is not None:
@@ -474,6 +540,7 @@ def _make_vfs(state: ShimState) -> Any:
             super().xTruncate(newsize)
 
         def xSync(self, flags: int) -> None:
+            self._fail("sync")
             state.add("syncs")
             state.add("wal_syncs" if self.is_wal else ("db_syncs" if self.is_main_db else "other_syncs"))
             if state.sync_mode == "noop":
@@ -589,3 +656,88 @@ class IoDelaySettings(FaultSettings):
 
     def open_connection_hook(self, spec: WorkerSpec) -> str | None:
         return ensure_registered() if self.active else None
+
+
+# ------------------------------------------------------------------ io_error
+@dataclass
+class IoErrorSettings(FaultSettings):
+    """I/O errors of the storage, as SQLite sees them through the shim (apsw): SQLITE_IOERR_READ / WRITE /
+    FSYNC / TRUNCATE or SQLITE_FULL, at random or at the nth call, and a disk that fills up. The promise
+    under test is SQLite's: the error reaches the caller, and no file is damaged nor an acknowledged
+    write lost (a COMMIT that failed is indeterminate in the ledger, never lost)."""
+
+    section: ClassVar[str] = "io_error"
+
+    enabled: bool = setting(False, doc="fail the chosen calls of every worker's connections")
+    calls: str = setting("write, sync", doc="which calls fail: read, write, sync, truncate (comma-separated)")
+    files: str = setting("db, wal", doc="of which files: db, wal, journal (comma-separated)")
+    probability: float = setting(0.002, min=0.0, max=1.0, doc="chance that a matching call fails")
+    nth: int = setting(0, min=0, max=10**9, doc="fail the nth matching call of each worker process (0: off)")
+    error: str = setting("ioerr", choices=("ioerr", "full"), doc="SQLITE_IOERR_<call>, or SQLITE_FULL")
+    disk_full_bytes: int = setting(0, min=0, kind="bytes", doc="writes that would grow the database files past "
+                                                                "this size fail with SQLITE_FULL (0: off)")
+
+    def _names(self, text: str, allowed: tuple[str, ...], key: str) -> frozenset[str]:
+        names = frozenset(part.strip() for part in text.split(",") if part.strip())
+        bad = sorted(names - set(allowed))
+        if bad or not names:
+            raise ValueError(f"faults.io_error.{key}: {bad[0] if bad else 'empty'!r}; a comma-separated list of "
+                             f"{', '.join(allowed)}")
+        return names
+
+    def validate(self, scenario: Any) -> None:
+        self._names(self.calls, ("read", "write", "sync", "truncate"), "calls")
+        self._names(self.files, ("db", "wal", "journal"), "files")
+        if self.enabled:
+            needs_apsw("io_error", scenario, "failing reads, writes and syncs")
+            if not (self.probability or self.nth or self.disk_full_bytes):
+                raise ValueError("faults.io_error: enabled but never fails; set probability, nth or disk_full_bytes")
+
+    def acts_on_connections(self, scenario: Any) -> bool:
+        return bool(self.enabled)
+
+    def build(self, scenario: Any, seed: int) -> Any:
+        if not self.enabled:
+            return None
+        from walstress.faults.base import Fault
+
+        settings = self
+
+        class IoErrorFault(Fault):
+            name = "io_error"
+
+            def stop(self, run: RunControl) -> None:
+                self.record(run, t=run.t_go or time.time(), t_end=time.time(), target="all workers",
+                            calls=settings.calls, files=settings.files, probability=settings.probability,
+                            nth=settings.nth, error=settings.error, disk_full_bytes=settings.disk_full_bytes)
+
+        return IoErrorFault()
+
+    def install_in_worker(self, spec: WorkerSpec, history: Any, stop: Any) -> Any:
+        if not self.enabled:
+            return None
+        state, closer = install(spec, history, "io_error")
+        db = spec.db_path
+        state.io_error = IoErrorPlan(
+            calls=self._names(self.calls, ("read", "write", "sync", "truncate"), "calls"),
+            files=self._names(self.files, ("db", "wal", "journal"), "files"), probability=self.probability,
+            nth=self.nth, error=self.error, disk_full_bytes=self.disk_full_bytes,
+            tracked=(db, db + "-wal", db + "-journal"))
+        return closer
+
+    def open_connection_hook(self, spec: WorkerSpec) -> str | None:
+        return ensure_registered() if self.enabled else None
+
+
+def judge_io_errors(run: RunEvidence) -> list[Finding]:
+    """Judge hook: a run under faults.io_error in which no error was injected tested nothing; say so."""
+    section = (run.scenario.get("faults") or {}).get("io_error") or {}
+    if not section.get("enabled") or run.partial:
+        return []
+    vfs = run.extras.get("vfs") or {}
+    injected = sum(int(v) for k, v in vfs.items() if k.startswith("io_errors_"))
+    run.extras.setdefault("io_errors", {})["injected"] = injected
+    if injected:
+        return []
+    return [Finding("io_error", "errors", "faults.io_error is on but no I/O error was injected in this run (raise "
+                                          "faults.io_error.probability, or set nth)")]
