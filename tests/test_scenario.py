@@ -35,7 +35,7 @@ def test_every_key_has_a_default():
         "database.pages": 65536, "database.page_size": 4096, "database.schema": "hermes", "database.seed": 0,
         "database.journal_mode": "WAL", "database.synchronous": "default", "database.mmap_size": 0,
         "database.wal_autocheckpoint": 1000, "database.busy_timeout_ms": 1000,
-        "database.journal_size_limit": -1, "database.foreign_keys": True, "database.template": "",
+        "database.journal_size_limit": -1, "database.foreign_keys": True, "database.template": "", "database.filesystem": "native", "database.shm_guests": "",
         "database.schema_sql": "", "database.fill": "", "database.fill_rows": 100, "database.verify": "",
         "checkpoint.mode": "PASSIVE", "checkpoint.every_writes": 0, "checkpoint.interval_ms": 1000,
         "checkpoint.on_close": False, "checkpoint.fts_maintenance": "none", "checkpoint.fts_merge_pages": 500,

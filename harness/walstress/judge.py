@@ -10,6 +10,7 @@ verdict is composed from them by the one rule of ``checks/findings.py``.
 from __future__ import annotations
 
 import json
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,7 @@ def _worker_report(records: list[dict[str, Any]], layout: RunLayout) -> tuple[li
             if rec.get("killed_by_controller") and not rec.get("fault_killed"):
                 problems.append(f"worker {name} did not stop when asked and was killed")
             elif not expected_death and rec.get("exit_code") not in (0, None):
-                problems.append(f"worker {name} exited with code {rec.get('exit_code')}")
+                problems.append(f"worker {name} exited with code {_exit_text(rec.get('exit_code'))}")
         elif kind == "worker_error":
             problems.append(f"worker {name}: {rec.get('msg', '')[:200]}")
     for entry in workers.values():
@@ -55,6 +56,16 @@ def _worker_report(records: list[dict[str, Any]], layout: RunLayout) -> tuple[li
         if expected != "system" and entry["sqlite_version"] not in (None, expected):
             problems.append(f"worker {entry['name']} loaded SQLite {entry['sqlite_version']}, not {expected}")
     return list(workers.values()), problems
+
+
+def _exit_text(code: Any) -> str:
+    """-7 -> "-7 (SIGBUS)": a worker killed by a signal says which."""
+    if isinstance(code, int) and code < 0:
+        try:
+            return f"{code} ({signal.Signals(-code).name})"
+        except ValueError:
+            pass
+    return str(code)
 
 
 def collect_findings(run: RunEvidence) -> list[Finding]:

@@ -47,6 +47,7 @@ from typing import Any, ClassVar
 
 from walstress.errors import ScenarioError
 from walstress.loading import LoadError, ensure_on_path, load_object
+from walstress.storage import FILESYSTEMS, unavailable
 from walstress.settings import (
     Registry,
     SettingError,
@@ -62,6 +63,7 @@ from walstress.settings import (
 )
 
 CHECKPOINT_MODES = ("PASSIVE", "FULL", "RESTART", "TRUNCATE", "NONE")
+LOCKING_VFS = ("unix", "unix-dotfile", "unix-excl", "unix-none")
 VERDICTS = ("clean", "lost-writes", "corrupt", "errors")
 EXPECTATIONS = VERDICTS + ("damaged", "any")
 
@@ -85,6 +87,10 @@ class DatabaseSettings:
     busy_timeout_ms: int = setting(1000, min=0, max=600_000, kind="ms")
     journal_size_limit: int = setting(-1, min=-1, kind="bytes")
     foreign_keys: bool = setting(True)
+    filesystem: str = setting("native", choices=FILESYSTEMS, doc="where the database lives: the run dir, tmpfs, "
+                                                                 "or a FUSE mount (see storage/)")
+    shm_guests: str = setting("", doc="fuse-split-shm: groups or roles on the guest side (default: every other "
+                                      "worker)")
     template: str = setting("", kind="path", doc="your database file: the template is a consistent copy of it "
                                                  "(what its -wal holds included); the file is never written")
     schema_sql: str = setting("", kind="path", doc="a file of CREATE statements to build the template from")
@@ -154,6 +160,9 @@ class WorkerSettings:
     connection: str = setting("persistent", choices=("persistent", "per-op"))
     threads: int = setting(1, min=1, max=64)
     pause_ms: int = setting(0, min=0, max=600_000, kind="ms", doc="sleep between operations")
+    vfs: str = setting("unix", choices=LOCKING_VFS, doc="SQLite's locking protocol for these workers' connections: "
+                                                        "POSIX locks (unix), lock files (unix-dotfile), an "
+                                                        "exclusive open (unix-excl) or none (unix-none)")
 
     def validate(self, scenario: "Scenario") -> None:
         """Raise SettingError (or ValueError) for a combination this role cannot run."""
@@ -595,6 +604,7 @@ def validate(scenario: Scenario) -> None:
         raise ScenarioError(src, "checkpoint.after_fts_maintenance", 'is true but checkpoint.mode is "NONE"')
     _validate_database(scenario)
     _validate_search(scenario)
+    _validate_locking(scenario)
     roles = scenario.role_names()
     for worker in scenario.workers:
         if worker.group and (worker.group in roles and worker.group != worker.role
@@ -618,6 +628,15 @@ def validate(scenario: Scenario) -> None:
 
 def _validate_database(scenario: Scenario) -> None:
     src, db = scenario.source, scenario.database
+    why = unavailable(db.filesystem)
+    if why:
+        raise ScenarioError(src, "database.filesystem", f'"{db.filesystem}" cannot be had here: {why}')
+    if db.filesystem == "fuse-split-shm" and db.mmap_size:
+        raise ScenarioError(src, "database.mmap_size", "is not 0, but fuse-split-shm keeps the database out of the "
+                                                       "page cache (so that both views read the same bytes), which "
+                                                       "memory mapping needs")
+    if db.shm_guests and db.filesystem != "fuse-split-shm":
+        raise ScenarioError(src, "database.shm_guests", 'names the guest side of filesystem = "fuse-split-shm"')
     if db.template and db.schema_sql:
         raise ScenarioError(src, "database.schema_sql", "and database.template both say where the template comes "
                                                         "from; set one")
@@ -638,6 +657,30 @@ def _validate_database(scenario: Scenario) -> None:
                 raise ScenarioError(src, key, str(exc)) from None
             if not callable(function):
                 raise ScenarioError(src, key, f"{value} is not a function")
+
+
+def _validate_locking(scenario: Scenario) -> None:
+    """Another locking protocol than unix: SQLite must have it, and no fault may need the VFS shim."""
+    other = sorted({w.vfs for w in scenario.active_workers() if w.vfs != "unix"})
+    if not other:
+        return
+    for name in other:
+        probe = None
+        try:  # the stdlib's SQLite tells whether it has the VFS (apsw's builds have the same unix VFS family)
+            import sqlite3
+
+            probe = sqlite3.connect(f"file:walstress-vfs-probe?mode=memory&vfs={name}", uri=True)
+        except Exception as exc:
+            raise ScenarioError(scenario.source, "workers.vfs", f'"{name}" is not a VFS of this SQLite: {exc}') from None
+        finally:
+            if probe is not None:
+                probe.close()
+    for fault, section in scenario.faults.items():
+        acts = getattr(section, "acts_on_connections", None)
+        if acts is not None and acts(scenario):
+            raise ScenarioError(scenario.source, "workers.vfs", f"{', '.join(other)} for some workers, but "
+                                                               f"faults.{fault} wraps the unix VFS of every "
+                                                               "connection (its VFS shim); use one or the other")
 
 
 def _validate_search(scenario: Scenario) -> None:

@@ -78,18 +78,20 @@ class Connection:
         self.path = str(path)
         # sqlite3.Connection or apsw.Connection, as self.driver says; see _stdlib/_apsw.
         self._conn: sqlite3.Connection | apsw.Connection
-        if vfs and driver != "apsw":
-            raise ValueError(f"a VFS ({vfs}) needs the apsw driver")
         if driver == "stdlib":
             import sqlite3
+            from urllib.parse import quote
 
-            target = f"file:{self.path}?mode=ro" if readonly else self.path
+            query = ["mode=ro"] if readonly else []
+            if vfs:  # a VFS SQLite itself has (the unix family); Python VFSes need apsw
+                query.append(f"vfs={vfs}")
+            target = f"file:{quote(self.path)}?{'&'.join(query)}" if query else self.path
             self._conn = sqlite3.connect(
                 target,
                 timeout=busy_timeout_ms / 1000.0,
                 isolation_level=None,
                 check_same_thread=False,
-                uri=readonly,
+                uri=bool(query),
             )
             self.sqlite_version = sqlite3.sqlite_version
             self._lastrowid: int | None = None

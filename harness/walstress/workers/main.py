@@ -109,7 +109,8 @@ def main(spec_path: str) -> int:
                         "msg": f"fault hooks failed: {exc!r}", "traceback": traceback.format_exc(limit=8)})
         history.close()
         return EXIT_CRASH
-    ctx = WorkerContext(spec=spec, settings=settings, history=history, stop=stop, vfs_name=hooks.vfs_name)
+    vfs_name = hooks.vfs_name or (settings.vfs if settings.vfs != "unix" else None)  # the shim, or the protocol
+    ctx = WorkerContext(spec=spec, settings=settings, history=history, stop=stop, vfs_name=vfs_name)
     threads_n = spec.threads
     ready = threading.Barrier(threads_n + 1)
     go = threading.Event()

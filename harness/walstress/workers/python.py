@@ -184,7 +184,14 @@ class PythonContext:
 
             params = {"timeout": options.busy_timeout_ms / 1000.0, "isolation_level": None,
                       "check_same_thread": False, **kwargs}
-            conn: Any = sqlite3.connect(self.db_path, **params)
+            vfs = self._actor.ctx.vfs_name
+            if vfs:
+                from urllib.parse import quote
+
+                params["uri"] = True
+                conn: Any = sqlite3.connect(f"file:{quote(self.db_path)}?vfs={vfs}", **params)
+            else:
+                conn = sqlite3.connect(self.db_path, **params)
         else:
             import apsw
 
