@@ -57,7 +57,6 @@ from pathlib import Path
 from typing import Any, ClassVar, Optional
 
 from walstress.checks.findings import Finding, RunEvidence
-from walstress.checks.ledger import all_lost_ids
 from walstress.faults.base import Fault, FaultSettings, RunControl, setting
 from walstress.ledger import Ref, read_ledger
 from walstress.settings import parse_duration_seconds
@@ -344,6 +343,8 @@ def judge_power_loss(run: RunEvidence) -> list[Finding]:
     cuts = [r for r in run.records if r.get("type") == "fault" and r.get("name") == "power_loss"]
     if not cuts:
         return []
+    from walstress.checks.ledger import all_lost_ids  # judging only: workers never load the stdlib sqlite3
+
     cut = cuts[-1]
     detail = cut.get("detail") or {}
     scenario = run.scenario

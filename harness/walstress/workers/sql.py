@@ -29,7 +29,6 @@ run but not ledgered.
 from __future__ import annotations
 
 import re
-import sqlite3
 import time
 import zlib
 from dataclasses import dataclass
@@ -92,7 +91,7 @@ class SqlSettings(WorkerSettings):
             sql = statement.get("sql")
             if not isinstance(sql, str) or not sql.strip():
                 raise SettingError(f"{at}.sql", "missing; one SQL statement")
-            if not sqlite3.complete_statement(sql.rstrip().rstrip(";") + ";") or _more_than_one(sql):
+            if not _complete(sql.rstrip().rstrip(";") + ";") or _more_than_one(sql):
                 raise SettingError(f"{at}.sql", f"not one complete statement: {sql.strip()[:80]!r}")
             weight = statement.get("weight", 1)
             if isinstance(weight, bool) or not isinstance(weight, int) or weight < 0:
@@ -120,9 +119,16 @@ class SqlSettings(WorkerSettings):
                    for s in self.statements)
 
 
+def _complete(sql: str) -> bool:
+    """sqlite3.complete_statement, imported only here: a worker on apsw maps one SQLite library, not two."""
+    import sqlite3
+
+    return sqlite3.complete_statement(sql)
+
+
 def _more_than_one(sql: str) -> bool:
     body = sql.strip().rstrip(";")
-    return ";" in body and sqlite3.complete_statement(body.split(";", 1)[0] + ";") and bool(
+    return ";" in body and _complete(body.split(";", 1)[0] + ";") and bool(
         body.split(";", 1)[1].strip())
 
 
