@@ -23,6 +23,8 @@ from walstress.database.template import copy_template
 from walstress.faults.base import FaultPlan, WorkerHandle
 from walstress.history import HistoryWriter
 from walstress.layout import RunLayout
+from walstress.lockwatch import LockWatch
+from walstress.lockwatch import available as lock_watch_unavailable
 from walstress.processes import WorkerPool, WorkerProcess, worker_environment
 from walstress.runspec import ConnectionOptions, TemplateFacts, WorkerSpec
 from walstress.sampler import Sampler
@@ -147,7 +149,8 @@ def execute_run(scenario: Scenario, run_dir: Path, template: Path, *, seed: int,
     layout = RunLayout(run_dir)
     layout.run_dir.mkdir(parents=True, exist_ok=True)
     layout.scenario_json.write_text(json.dumps(
-        {"scenario": scenario_to_jsonable(scenario), "seed": seed, "duration": scenario.duration},
+        {"scenario": scenario_to_jsonable(scenario), "seed": seed, "duration": scenario.duration,
+         "template": str(Path(template).absolute())},
         indent=1, default=str))
     layout.make_dirs()
     history = HistoryWriter(layout.controller_history, flush_records=1, flush_seconds=0)
@@ -163,6 +166,7 @@ def execute_run(scenario: Scenario, run_dir: Path, template: Path, *, seed: int,
     run = RunContext(scenario, layout, seed, history, pool, storage)
     sampler_history = HistoryWriter(layout.sampler_history)
     run.sampler = Sampler(storage.backing_path, sampler_history, pool.live_pids)
+    watch_history, watch = _lock_watch(scenario, layout, pool, history)
     interrupted: BaseException | None = None
     try:
         storage.prepare()
@@ -177,6 +181,8 @@ def execute_run(scenario: Scenario, run_dir: Path, template: Path, *, seed: int,
             pool.spawn(spec)
         pool.wait_ready(READY_TIMEOUT_SECONDS)
         run.sampler.start()
+        if watch is not None:
+            watch.start()
         layout.go.touch()
         run.t_go = time.time()
         history.record({"type": "go", "t": run.t_go})
@@ -194,6 +200,10 @@ def execute_run(scenario: Scenario, run_dir: Path, template: Path, *, seed: int,
         pool.stop_all(STOP_GRACE_SECONDS)
         if run.sampler.is_alive():
             run.sampler.stop()
+        if watch is not None and watch.is_alive():
+            watch.stop()
+        if watch_history is not None:
+            watch_history.close()
         try:
             storage.stop()
         except Exception as exc:  # an unmount problem is recorded; the database is judged all the same
@@ -208,6 +218,21 @@ def execute_run(scenario: Scenario, run_dir: Path, template: Path, *, seed: int,
         # Not a verdict: record it and let the judge say "errors".
         layout.controller_error.write_text(f"{type(interrupted).__name__}: {interrupted}\n")
     return layout
+
+
+def _lock_watch(scenario: Scenario, layout: RunLayout, pool: WorkerPool,
+                history: HistoryWriter) -> tuple[HistoryWriter | None, LockWatch | None]:
+    """The lock watch of the run (``[lock_watch]``), or None when it is off or cannot run here (noted)."""
+    settings = scenario.lock_watch
+    if settings.hz <= 0:
+        return None, None
+    why_not = lock_watch_unavailable()
+    if why_not:
+        history.record({"type": "note", "t": time.time(), "msg": f"no lock watch: {why_not}"})
+        return None, None
+    writer = HistoryWriter(layout.lockwatch_history, flush_records=64, flush_seconds=0.5)
+    return writer, LockWatch(pool.live_pids, writer.record, hz=settings.hz,
+                             libraries_every=settings.libraries_every)
 
 
 def _guests(scenario: Scenario) -> set[str]:

@@ -2,7 +2,7 @@
 
     scenario.json       the resolved scenario of this cell, its seed and duration
     db/state.db         the database under test (and its -wal/-shm)
-    history/*.jsonl     controller, sampler and one file per worker incarnation
+    history/*.jsonl     controller, sampler, lock watch and one file per worker incarnation
     ledger/*.ledger     acknowledged commits, one file per writing thread
     specs/*.json        what each worker was told (runspec.WorkerSpec)
     logs/*.log          each worker's stdout/stderr
@@ -60,6 +60,10 @@ class RunLayout:
     @property
     def sampler_history(self) -> Path:
         return self.history_dir / "sampler.jsonl"
+
+    @property
+    def lockwatch_history(self) -> Path:
+        return self.history_dir / "lockwatch.jsonl"
 
     # -------------------------------------------------------------- folders
     @property

@@ -17,14 +17,17 @@ checks a file against whatever the catalog holds.
 Per-cell expectations: ``expect``/``expect_fraction`` hold for every cell
 unless an ``[[expect_when]]`` rule matches the cell. Each rule is
 ``match = {"KEY" = value, ...}`` (dotted keys, values checked like any
-setting), ``expect = "..."`` and an optional ``fraction``; the first rule
-whose every key equals the cell's value sets that cell's expectation (rules
-win over ``expect``, also over ``--set expect=...``)::
+setting), ``expect = "..."``, an optional ``fraction`` and an optional
+``cause`` (what the damaged runs must be attributed to, like
+``expect_cause``); the first rule whose every key equals the cell's value
+sets that cell's expectation (rules win over ``expect``, also over ``--set
+expect=...``)::
 
     [[expect_when]]
     match = {"faults.lock_breaker.enabled" = true}
     expect = "damaged"
     fraction = 0.8
+    cause = "lock_lost"
 
 Checkpoint strategies (``checkpoint.*``): ``mode`` x trigger, where the
 trigger is ``every_writes`` (on each writer's own connection), checkpointer
@@ -141,6 +144,16 @@ class SearchSettings:
 
 
 @dataclass
+class LockWatchSettings:
+    """The kernel's view of SQLite's locks during a run (``[lock_watch]``): see lockwatch.py."""
+
+    hz: float = setting(20.0, min=0.0, max=200.0, doc="samples of /proc/locks and the workers' descriptors a "
+                                                      "second; 0 turns the watch off")
+    libraries_every: float = setting(1.0, min=0.1, max=3600.0, kind="duration",
+                                     doc="how often each worker's mapped SQLite libraries are read")
+
+
+@dataclass
 class WorkerSettings:
     """What every ``[[workers]]`` entry has. A role's module derives its own settings from this
     class (its fields become ``workers.<role>.<key>``) and may say, in class variables, what
@@ -199,10 +212,13 @@ class Scenario:
     repeat: int = setting(1, min=1, max=10_000)
     expect: str = setting("clean", choices=EXPECTATIONS)
     expect_fraction: float = setting(1.0, min=0.0, max=1.0, doc="share of a cell's runs that must match expect")
+    expect_cause: str = setting("", doc="the cause (checks/causes.py) that expect_fraction of the damaged runs must "
+                                        "be attributed to; empty: any")
     sqlite: SqliteSettings = field(default_factory=SqliteSettings)
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
     checkpoint: CheckpointSettings = field(default_factory=CheckpointSettings)
     search: SearchSettings = field(default_factory=SearchSettings)
+    lock_watch: LockWatchSettings = field(default_factory=LockWatchSettings)
     faults: dict[str, Any] = field(default_factory=dict)
     workers: list[WorkerSettings] = field(default_factory=list)
     matrix: dict[str, list[Any]] = field(default_factory=dict)
@@ -269,8 +285,9 @@ _SECTIONS: dict[str, type] = {
     "database": DatabaseSettings,
     "checkpoint": CheckpointSettings,
     "search": SearchSettings,
+    "lock_watch": LockWatchSettings,
 }
-_SCALAR_TOP = ("name", "description", "seed", "duration", "repeat", "expect", "expect_fraction")
+_SCALAR_TOP = ("name", "description", "seed", "duration", "repeat", "expect", "expect_fraction", "expect_cause")
 
 
 def _catalog(scenario: Scenario) -> Catalog:
@@ -517,9 +534,9 @@ def _build_expect_when(scenario: Scenario, rules: Any, source: str) -> list[dict
         where = f"expect_when[{index}]"
         if not isinstance(rule, dict):
             raise ScenarioError(source, where, "each [[expect_when]] entry must be a table")
-        unknown = sorted(set(rule) - {"match", "expect", "fraction"})
+        unknown = sorted(set(rule) - {"match", "expect", "fraction", "cause"})
         if unknown:
-            raise ScenarioError(source, f"{where}.{unknown[0]}", "unknown key; allowed: match, expect, fraction")
+            raise ScenarioError(source, f"{where}.{unknown[0]}", "unknown key; allowed: match, expect, fraction, cause")
         match = rule.get("match")
         if not isinstance(match, dict) or not match:
             raise ScenarioError(source, f"{where}.match", 'must be a non-empty table such as {"checkpoint.mode" = "TRUNCATE"}')
@@ -543,7 +560,11 @@ def _build_expect_when(scenario: Scenario, rules: Any, source: str) -> list[dict
                 fraction = coerce_value(_known_field(Scenario, "expect_fraction"), rule["fraction"])
             except ValueError as exc:
                 raise ScenarioError(source, f"{where}.fraction", f"{json.dumps(rule['fraction'])} is not allowed; expected {exc}") from None
-        out.append({"match": checked, "expect": expect, "fraction": fraction})
+        cause = rule.get("cause")
+        if cause is not None and not (isinstance(cause, str) and re.fullmatch(r"[a-z][a-z0-9_]*", cause)):
+            raise ScenarioError(source, f"{where}.cause", f"{json.dumps(cause)}: the name of a cause, such as "
+                                                          '"lock_lost"')
+        out.append({"match": checked, "expect": expect, "fraction": fraction, "cause": cause})
     return out
 
 
@@ -554,6 +575,8 @@ def _apply_expect_when(cell_scenario: Scenario, rules: list[dict]) -> None:
             cell_scenario.expect = rule["expect"]
             if rule.get("fraction") is not None:
                 cell_scenario.expect_fraction = rule["fraction"]
+            if rule.get("cause") is not None:
+                cell_scenario.expect_cause = rule["cause"]
             return
 
 
@@ -699,7 +722,7 @@ def _validate_search(scenario: Scenario) -> None:
     for key, spec in search.vary.items():
         where = f"search.vary.{key}"
         f = field_for_key(scenario, key)
-        if f is None or key in ("name", "description", "repeat", "expect", "expect_fraction"):
+        if f is None or key in ("name", "description", "repeat", "expect", "expect_fraction", "expect_cause"):
             raise ScenarioError(src, where, f"not a key a search can vary{did_you_mean(key, known_keys(catalog))}")
         meta = setting_meta(f)
         if spec == "any":

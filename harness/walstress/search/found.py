@@ -12,7 +12,7 @@ from walstress.scenario import Scenario
 from walstress.settings import setting_meta
 from walstress.tomlwriter import table, value
 
-_TOP = ("name", "description", "seed", "duration", "repeat", "expect", "expect_fraction")
+_TOP = ("name", "description", "seed", "duration", "repeat", "expect", "expect_fraction", "expect_cause")
 _ALWAYS = ("name", "duration", "repeat", "expect")
 
 
