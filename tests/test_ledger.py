@@ -112,3 +112,22 @@ def test_a_key_that_does_not_fit_the_table_is_named(tmp_path):
     assert len(result.key_errors) == 2 and result.lost_ids == []
     assert "grid: key 5 has 1 value(s); the table's key is (x, y)" in result.key_errors
     assert "no table 'nosuch'" in " ".join(result.key_errors)
+
+
+def test_a_row_that_came_back_in_an_older_version_is_stale(tmp_path):
+    """Found values are compared with the row's earlier acknowledged versions and with the template."""
+    make_db(tmp_path / "template", [(1, "t1"), (2, "t2"), (3, "t3")])
+    make_db(tmp_path / "db", [(1, "v1"), (2, "t2"), (3, "other")])   # 1: earlier ack, 2: template, 3: neither
+    ledger = tmp_path / "ledger"
+    ledger.mkdir()
+    (ledger / "w.ledger").write_text(
+        f"P 1 1.0 U1:{content_crc('v1')}\nA 1 1.1\n"
+        f"P 2 2.0 U1:{content_crc('v2')} U2:{content_crc('v2')} U3:{content_crc('v2')}\nA 2 2.1\n")
+    result = check_ledger(tmp_path / "db", ledger, template=tmp_path / "template")
+    details = {d["id"]: d for d in result.lost_details}
+    assert result.lost_ids == [1, 2, 3] and result.stale_rows == 2
+    assert details[1]["stale"] == "earlier" and "earlier acknowledged version" in details[1]["found"]
+    assert details[2]["stale"] == "template" and "the run started from" in details[2]["found"]
+    assert "stale" not in details[3]
+    # without the template only the earlier version is known
+    assert check_ledger(tmp_path / "db", ledger).stale_rows == 1

@@ -15,9 +15,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from walstress.checks.causes import RULES as CAUSES
+from walstress.checks.causes import attribute
 from walstress.checks.findings import Finding, RunEvidence, compose, excused_checks
 from walstress.checks.registry import CHECKS
-from walstress.faults.registry import JUDGE_HOOKS
+from walstress.faults.registry import CAUSE_HOOKS, JUDGE_HOOKS
 from walstress.faults.summary import summarize_faults
 from walstress.history import by_type, read_history
 from walstress.layout import RunLayout
@@ -68,6 +70,11 @@ def _exit_text(code: Any) -> str:
     return str(code)
 
 
+def known_causes() -> tuple[str, ...]:
+    """Every cause id a run can be attributed to: the faults' own, the built-in ones, "unknown"."""
+    return (*CAUSE_HOOKS.names(), *CAUSES.names(), "unknown")
+
+
 def collect_findings(run: RunEvidence) -> list[Finding]:
     """Every check, then every fault's judge hook, in registration order."""
     findings: list[Finding] = []
@@ -89,7 +96,7 @@ def judge_run(run_dir: str | Path) -> dict[str, Any]:
     summary = summarize_history(records)
     workers, problems = _worker_report(records, layout)
     evidence = RunEvidence(layout=layout, scenario=scenario, records=records, summary=summary, workers=workers,
-                           worker_problems=problems, partial=partial)
+                           worker_problems=problems, partial=partial, template=meta.get("template"))
     findings = collect_findings(evidence)
     ledger = evidence.results.get("ledger")
     integrity = evidence.results.get("integrity")
@@ -142,5 +149,6 @@ def judge_run(run_dir: str | Path) -> dict[str, Any]:
         "judged_at": time.time(),
     }
     result.update(evidence.extras)
+    result.update(attribute(evidence, verdict, [rule for _, rule in CAUSE_HOOKS.items()]))
     layout.run_json.write_text(json.dumps(result, indent=1, default=str))
     return result

@@ -22,8 +22,9 @@ from walstress.database.user import TemplateError, schema_template, user_templat
 from walstress.environment import environment_info
 from walstress.errors import EnvironmentProblem, ScenarioError
 from walstress.faults.base import FaultPlan, build_plan
-from walstress.judge import judge_run
+from walstress.judge import judge_run, known_causes
 from walstress.scenario import Cell, Scenario, expand_matrix, scenario_to_jsonable
+from walstress.settings import did_you_mean
 
 RESULTS_SCHEMA_VERSION = 1
 
@@ -47,7 +48,27 @@ def sqlite_paths_for(scenario: Scenario) -> list[str]:
 
 def cell_summary(cell: Cell, runs: list[dict[str, Any]]) -> dict[str, Any]:
     return summarize_cell(cell.cell_id, cell.label, cell.params, cell.scenario.expect,
-                          cell.scenario.expect_fraction, runs)
+                          cell.scenario.expect_fraction, runs, expect_cause=cell.scenario.expect_cause)
+
+
+def cause_counts(runs: list[dict[str, Any]]) -> dict[str, int]:
+    """cause id -> damaged runs attributed to it."""
+    counts: dict[str, int] = {}
+    for run in runs:
+        cause = run.get("cause")
+        if run["verdict"] in ("corrupt", "lost-writes") and cause:
+            counts[cause["id"]] = counts.get(cause["id"], 0) + 1
+    return counts
+
+
+def cause_matches(expect_cause: str, expect_fraction: float, runs: list[dict[str, Any]]) -> tuple[int, bool]:
+    """(damaged runs attributed to expect_cause, whether enough are): vacuous without an expected cause
+    or damaged runs (the verdict's expectation speaks for those)."""
+    damaged = [r for r in runs if r["verdict"] in ("corrupt", "lost-writes")]
+    if not expect_cause:
+        return 0, True
+    named = sum(1 for r in damaged if (r.get("cause") or {}).get("id") == expect_cause)
+    return named, not damaged or named >= expect_fraction * len(damaged) - 1e-9
 
 
 def cell_matches(expect: str, expect_fraction: float, runs: list[dict[str, Any]]) -> tuple[int, bool]:
@@ -57,9 +78,10 @@ def cell_matches(expect: str, expect_fraction: float, runs: list[dict[str, Any]]
 
 
 def summarize_cell(cell_id: str, label: str, params: dict[str, Any], expect: str, expect_fraction: float,
-                   runs: list[dict[str, Any]]) -> dict[str, Any]:
+                   runs: list[dict[str, Any]], *, expect_cause: str = "") -> dict[str, Any]:
     counts = {v: sum(1 for r in runs if r["verdict"] == v) for v in ("clean", "corrupt", "lost-writes", "errors")}
     matching, matched = cell_matches(expect, expect_fraction, runs)
+    cause_named, cause_ok = cause_matches(expect_cause, expect_fraction, runs)
     first_failure = None
     elapsed = 0.0
     for run in runs:
@@ -81,7 +103,11 @@ def summarize_cell(cell_id: str, label: str, params: dict[str, Any], expect: str
         "lost": counts["lost-writes"],
         "errors": counts["errors"],
         "matching": matching,
-        "matches_expect": matched,
+        "matches_expect": matched and cause_ok,
+        "expect_cause": expect_cause,
+        "causes": cause_counts(runs),
+        "cause_matching": cause_named,
+        "lock_lost_runs": sum(1 for r in runs if ((r.get("lock_watch") or {}).get("counts") or {}).get("lock_lost")),
         "time_to_first_failure_s": first_failure,
         "wal_peak_bytes": max((r.get("wal_peak_bytes", 0) for r in runs), default=0),
         "results": runs,
@@ -108,6 +134,7 @@ def run_scenario(scenario: Scenario, out_dir: str | Path, *, repeat: int | None 
         cells = cells_filter(cells)
     # Every cell's SQLite is resolved (installed if need be) before anything
     # runs, so that an unknown version fails at once, not after hours.
+    _check_causes(cells)
     cell_sqlite_paths = {cell.cell_id: sqlite_paths_for(cell.scenario) for cell in cells}
     repeats = repeat or scenario.repeat
     results: dict[str, Any] = {
@@ -160,6 +187,16 @@ def run_scenario(scenario: Scenario, out_dir: str | Path, *, repeat: int | None 
         _write_results(results, results_path, started)
     _write_results(results, results_path, started)
     return results
+
+
+def _check_causes(cells: list[Cell]) -> None:
+    """An expected cause must be one a run can be attributed to."""
+    known = known_causes()
+    for cell in cells:
+        cause = cell.scenario.expect_cause
+        if cause and cause not in known:
+            raise ScenarioError(cell.scenario.source, "expect_cause",
+                                f"unknown cause {cause!r}{did_you_mean(cause, known)}; causes: {', '.join(known)}")
 
 
 def _template_key(scenario: Scenario) -> tuple:
@@ -274,7 +311,8 @@ def rejudge_dir(target: str | Path, judge: Callable[[Path], dict[str, Any]] = ju
         meta = json.loads((Path(runs[0]["run_dir"]) / "scenario.json").read_text())["scenario"]
         old = known.get(cell_dir.name, {})
         cells.append(summarize_cell(cell_dir.name, old.get("label", meta["name"]), old.get("params", {}),
-                                    meta["expect"], meta.get("expect_fraction", 1.0), runs))
+                                    meta["expect"], meta.get("expect_fraction", 1.0), runs,
+                                    expect_cause=meta.get("expect_cause", "")))
     results = dict(previous) if previous else {
         "schema_version": RESULTS_SCHEMA_VERSION, "walstress_version": __version__,
         "scenario": {"name": target.name, "description": "", "source": "", "seed": 0, "matrix": {}, "values": {}},

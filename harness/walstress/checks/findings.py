@@ -64,10 +64,15 @@ class RunEvidence:
     partial: bool                     # the controller did not finish the run
     results: dict[str, Any] = field(default_factory=dict)   # each check's own output, by check name
     extras: dict[str, Any] = field(default_factory=dict)    # fields checks add to run.json
+    template: str | None = None       # the database the run's copy was made from (scenario.json)
 
     @property
     def db_path(self) -> Any:
         return self.layout.db_path
+
+    @property
+    def t_go(self) -> float | None:
+        return next((r["t"] for r in self.records if r.get("type") == "go"), None)
 
 
 class Check(Protocol):

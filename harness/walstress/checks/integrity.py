@@ -50,6 +50,8 @@ class IntegrityResult:
     # messages decide ``ok``); filled only when the checks found damage
     walk_problems: list[str] = field(default_factory=list)
     checkpoint: list | None = None  # (busy, log, checkpointed) or None
+    # b-tree pages that are all zeros (written over or never filled: a torn or lost write)
+    zero_pages: list[int] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -227,6 +229,7 @@ def _name_damage(res: IntegrityResult, path: Path, roots: dict[int, str]) -> Non
     pmap = walk_pages(path, roots)
     owners = dict(pmap.owners)
     res.walk_problems = list(pmap.problems)
+    res.zero_pages = zero_btree_pages(path, owners, pmap.page_size)
     lines = [m for m in res.messages if m != _OK]
     wanted = {int(n) for line in lines for n in re.findall(r"\b[Pp]age (\d+)", line)}
     missing = {p for p in wanted if p not in owners and 0 < p <= pmap.page_count}
@@ -246,6 +249,26 @@ def _name_damage(res: IntegrityResult, path: Path, roots: dict[int, str]) -> Non
         for problem in res.walk_problems:
             damaged.extend(m.group(1) for m in _WALK_NAME_RE.finditer(problem))
     res.damaged_objects = list(dict.fromkeys(n for n in damaged if not n.startswith("(")))
+
+
+def zero_btree_pages(path: Path, owners: dict[int, str], page_size: int, *, cap: int = 1000) -> list[int]:
+    """Pages a b-tree refers to whose every byte is zero (the freelist and pointer maps left out)."""
+    wanted = sorted(p for p, owner in owners.items() if not owner.startswith("("))
+    if not wanted or page_size <= 0:
+        return []
+    zeros = bytes(page_size)
+    found: list[int] = []
+    try:
+        with open(path, "rb") as handle:
+            for pgno in wanted:
+                handle.seek((pgno - 1) * page_size)
+                if handle.read(page_size) == zeros:
+                    found.append(pgno)
+                    if len(found) >= cap:
+                        break
+    except OSError:
+        return found
+    return found
 
 
 def _owners_from_dbstat(path: Path, wanted: set[int]) -> dict[int, str]:

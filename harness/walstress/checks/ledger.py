@@ -68,6 +68,7 @@ class LedgerResult:
     garbled_lines: int = 0
     error: str | None = None       # the database could not be read back (damage, or a lock)
     key_errors: list[str] = field(default_factory=list)  # ledger entries that do not fit the schema
+    stale_rows: int = 0            # lost rows that hold an older version of themselves (earlier or template)
 
     @property
     def lost(self) -> int:
@@ -176,7 +177,11 @@ def _quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def check_ledger(db_path: str | Path, ledger_dir: str | Path, *, verify: Verify | None = None) -> LedgerResult:
+def check_ledger(db_path: str | Path, ledger_dir: str | Path, *, verify: Verify | None = None,
+                 template: str | Path | None = None) -> LedgerResult:
+    """Read every acknowledged row back; a row found with other values is also compared with the
+    earlier acknowledged versions of it and with the ``template`` the run started from (a *stale*
+    row: an older version came back)."""
     ledger = read_ledger(ledger_dir)
     result = LedgerResult(ledger_files=len(ledger.files), garbled_lines=ledger.garbled_lines)
     for txn in ledger.transactions:
@@ -225,6 +230,7 @@ def check_ledger(db_path: str | Path, ledger_dir: str | Path, *, verify: Verify 
         return result
     finally:
         conn.close()
+    changed = []
     for exp in readable:
         actual = found.get(exp.ref)
         if exp.deleted:
@@ -235,16 +241,51 @@ def check_ledger(db_path: str | Path, ledger_dir: str | Path, *, verify: Verify 
         elif actual is None:
             _lost(result, exp, "missing")
         elif exp.crc is not None and actual != exp.crc:
-            _lost(result, exp, f"checksum {actual}")
+            changed.append((exp, actual))
         else:
             result.present_writes += 1
+    if changed:
+        _changed_rows(result, changed, ledger, template)
+        result.lost_ids.sort(key=_sort_key)
+        result.lost_details.sort(key=lambda d: _sort_key(d["id"]))
     return result
 
 
-def _lost(result: LedgerResult, exp: Expected, found: str) -> None:
+def _changed_rows(result: LedgerResult, changed: list[tuple[Expected, Any]], ledger: Ledger,
+                  template: str | Path | None) -> None:
+    """Rows found with other values: an earlier acknowledged version, the template's, or neither."""
+    earlier: dict[Ref, set[int]] = {}
+    for txn in ledger.transactions:
+        if txn.state == "acked":
+            for op in txn.ops:
+                if op.crc is not None and not op.deletes:
+                    earlier.setdefault(op.ref, set()).add(op.crc)
+    original: dict[Ref, Any] = {}
+    if template is not None and Path(template).is_file():
+        try:
+            conn = sqlite3.connect(Path(template).absolute().as_uri() + "?mode=ro", uri=True, timeout=5.0)
+            try:
+                original = RowReader(conn).read([exp for exp, _ in changed])
+            finally:
+                conn.close()
+        except (sqlite3.Error, KeyError_):
+            original = {}
+    for exp, actual in changed:
+        if actual in earlier.get(exp.ref, ()):
+            _lost(result, exp, f"checksum {actual}: an earlier acknowledged version", stale="earlier")
+        elif exp.ref in original and original[exp.ref] == actual:
+            _lost(result, exp, f"checksum {actual}: the version the run started from", stale="template")
+        else:
+            _lost(result, exp, f"checksum {actual}")
+
+
+def _lost(result: LedgerResult, exp: Expected, found: str, *, stale: str | None = None) -> None:
     result.lost_ids.append(exp.ref)
-    result.lost_details.append({"id": exp.ref, "table": exp.table, "key": exp.key, "expected": exp.describe(),
-                                "found": found})
+    detail = {"id": exp.ref, "table": exp.table, "key": exp.key, "expected": exp.describe(), "found": found}
+    if stale:
+        detail["stale"] = stale
+        result.stale_rows += 1
+    result.lost_details.append(detail)
 
 
 def _sort_key(ref: Ref) -> tuple[int, Any]:
@@ -271,7 +312,8 @@ class LedgerCheck:
             except LoadError as exc:
                 run.results[self.name] = None
                 return [Finding(self.name, "errors", f"database.verify: {exc}")]
-        result = check_ledger(run.layout.db_path, run.layout.ledger_dir, verify=verify)
+        result = check_ledger(run.layout.db_path, run.layout.ledger_dir, verify=verify,
+                              template=run.template)
         run.layout.checks_dir.mkdir(exist_ok=True)
         run.layout.check_file("lost_ids.txt").write_text("".join(f"{i}\n" for i in result.lost_ids))
         data = result.to_dict()

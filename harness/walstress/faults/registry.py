@@ -8,7 +8,8 @@ hook: a function ``(run: RunEvidence) -> list[Finding]`` that the judge
 calls after the checks, in the order below. It may add fields to run.json
 (``run.extras``) and findings, which may excuse another check's findings
 (power loss under synchronous=NORMAL excuses the ledger's unsynced losses);
-it never rewrites a verdict.
+it never rewrites a verdict. A fault that knows what its damage looks like
+adds a cause rule (``CAUSE_HOOKS``, see ``checks/causes.py``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from walstress.faults import fsync, lock_hazards, power_loss, process, throttle,
 import dataclasses
 from typing import Callable
 
+from walstress.checks.causes import CauseRule
 from walstress.checks.findings import Finding, RunEvidence
 from walstress.faults.base import FaultSettings
 from walstress.settings import Registry
@@ -25,6 +27,9 @@ FAULTS: Registry[type[FaultSettings]] = Registry("fault section")
 JudgeHook = Callable[[RunEvidence], list[Finding]]
 JUDGE_HOOKS: list[JudgeHook] = [vfs.judge_shim, vfs.judge_io_errors, throttle.judge_throttle,
                                  power_loss.judge_power_loss]
+# Cause rules of faults (``checks/causes.py``), by the cause id they name: tried before the
+# built-in ones, in registration order.
+CAUSE_HOOKS: Registry[CauseRule] = Registry("cause")
 
 
 def register_fault(cls: type[FaultSettings]) -> type[FaultSettings]:
