@@ -102,6 +102,16 @@ def _parser() -> argparse.ArgumentParser:
 
     explain = sub.add_parser("explain", help="say in sentences which factor of a matrix changes the verdict")
     explain.add_argument("results", help="results.json or an output folder")
+
+    watch = sub.add_parser("watch", help="watch running processes' SQLite locks from /proc, read-only, and print "
+                                         "lost locks, deleted -wal/-shm in use and two SQLite libraries as they "
+                                         "happen (exit 1 when one was seen)")
+    watch.add_argument("pids", nargs="+", type=int, metavar="PID", help="processes to watch")
+    watch.add_argument("--hz", type=float, default=20.0, help="samples a second (default 20)")
+    watch.add_argument("--duration", help='stop after this long, e.g. "60s" (default: until the processes exit)')
+    watch.add_argument("--children", action="store_true", help="also watch the processes' children")
+    watch.add_argument("--locks", action="store_true", help="also print the locks each process holds, every second")
+    watch.add_argument("--json", action="store_true", help="one JSON record a line (every record, locks included)")
     return parser
 
 
@@ -256,15 +266,9 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 def _cmd_search(args: argparse.Namespace) -> int:
     from walstress.api import load_scenario
     from walstress.search import run_search
-    from walstress.settings import parse_duration_seconds
 
     scenario = load_scenario(args.scenario, args.overrides)
-    budget = None
-    if args.budget is not None:
-        try:
-            budget = parse_duration_seconds(args.budget)
-        except ValueError as exc:
-            raise UsageError(f"--budget {args.budget!r}: expected {exc}") from None
+    budget = _duration_option("--budget", args.budget)
     for name in ("max_examples", "runs"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
@@ -298,7 +302,26 @@ def _cmd_init(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"repro": _cmd_repro, "search": _cmd_search, "init": _cmd_init, "run": _cmd_run, "build": _cmd_build, "check": _cmd_check, "report": _cmd_report,
+def _duration_option(option: str, value: str | None) -> float | None:
+    """A duration option's seconds ("90s", "15m"), None when not given; a usage error when malformed."""
+    from walstress.settings import parse_duration_seconds
+
+    if value is None:
+        return None
+    try:
+        return parse_duration_seconds(value)
+    except ValueError as exc:
+        raise UsageError(f"{option} {value!r}: expected {exc}") from None
+
+
+def _cmd_watch(args: argparse.Namespace) -> int:
+    from walstress.watch import watch
+
+    return watch(args.pids, hz=args.hz, duration=_duration_option("--duration", args.duration),
+                 children=args.children, as_json=args.json, show_locks=args.locks)
+
+
+COMMANDS = {"watch": _cmd_watch, "repro": _cmd_repro, "search": _cmd_search, "init": _cmd_init, "run": _cmd_run, "build": _cmd_build, "check": _cmd_check, "report": _cmd_report,
             "merge": _cmd_merge, "bisect": _cmd_bisect, "explain": _cmd_explain}
 
 
