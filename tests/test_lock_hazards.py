@@ -72,6 +72,26 @@ def test_lock_breaker_counts_its_actions_per_second_and_worker(breaker_run):
     assert len(own) == len(windows)
 
 
+def test_lock_watch_sees_the_breaker_take_the_writers_locks(breaker_run):
+    res, _ = breaker_run
+    watch = res["lock_watch"]
+    lost = watch["lock_lost"]
+    assert {e["worker"] for e in lost} == {"writer-0", "writer-1"}
+    assert all(e["which"] == "database" and e["file"].endswith("state.db") for e in lost)
+    assert all(0 <= e["t_s"] < 2.0 for e in lost)  # the breaker acts every 1 ms from the go
+    # each writer kept the -shm's DMS lock: only the database file's locks went
+    assert all("DMS(r)" in e["still_held"] for e in lost)
+    # the stdlib binding only: one SQLite library in every worker
+    assert watch["libraries"] and all(len(libs) == 1 for libs in watch["libraries"].values())
+    if res["verdict"] in ("corrupt", "lost-writes"):
+        assert res["cause"]["id"] == "lock_lost", res["cause"]
+        first_error = res["first_corruption_error_s"]
+        if first_error is not None:
+            assert min(e["t_s"] for e in lost) < first_error
+    else:
+        assert res["cause"] is None
+
+
 @pytest.mark.slow
 def test_lock_breaker_damages_the_database(tmp_path, cache_dir):
     """At this size (3 s, 2 writers + 1 opener, TRUNCATE every 20) 8 of 8 runs were corrupt on an
@@ -81,6 +101,9 @@ def test_lock_breaker_damages_the_database(tmp_path, cache_dir):
     result = run(base_scenario("lock-breaker-damage", faults), tmp_path, cache_dir=cache_dir, repeat=5)
     damaged = [r for r in result.runs if r["verdict"] in ("corrupt", "lost-writes")]
     assert len(damaged) >= 4, [r["reason"] for r in result.runs]
+    # the lock watch saw the loss in every run, and it is the cause named for the damage
+    assert all(r["lock_watch"]["counts"]["lock_lost"] >= 1 for r in result.runs)
+    assert [r["cause"]["id"] for r in damaged] == ["lock_lost"] * len(damaged)
 
 
 def test_lock_breaker_off_records_nothing(tmp_path, cache_dir):
@@ -92,6 +115,10 @@ def test_lock_breaker_off_records_nothing(tmp_path, cache_dir):
     res = result.runs[0]
     assert res["faults"] == [] and res["fault_summary"] == {}
     assert res["verdict"] == "clean", res["reason"]
+    # no lost lock, no deleted file in use: the writers and the opener keep SQLite's locks
+    assert res["lock_watch"]["counts"] == {"lock_lost": 0, "lock_regained": 0, "deleted_open": 0,
+                                           "two_libraries": 0}
+    assert res["lock_watch"]["samples"] >= 10
 
 
 def test_fork_hazard_runs_and_counts_child_outcomes(hazards_run):
@@ -112,6 +139,10 @@ def test_two_libraries_hazard_runs_through_the_other_binding(hazards_run):
     assert {(w["detail"]["driver"], w["detail"]["second_driver"]) for w in windows} == {("stdlib", "apsw")}
     summary = res["fault_summary"]["two_libraries"]
     assert summary["actions"] > 0
+    # the lock watch read both libraries from the opener's memory map, and only from the opener's
+    events = res["lock_watch"]["two_libraries"]
+    assert {e["worker"] for e in events} == {"opener-0"}
+    assert len(events[0]["libraries"]) == 2
     assert set(summary["outcomes"]) <= {"read", "write", "busy", "locked", "corrupt", "ioerr", "other"}
 
 

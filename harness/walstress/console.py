@@ -7,6 +7,8 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
+from walstress.checks.causes import cause_text, hazards_seen
+
 
 def human_bytes(value: float | int | None) -> str:
     if value is None:
@@ -133,6 +135,13 @@ class Console:
         partial = "  PARTIAL" if result.get("partial") else ""
         self._print(f"  -> {result['verdict'].upper()}{partial}: {result['reason']}  "
                     f"(acknowledged rows {writes['acked']}, lost {writes['lost']}, WAL peak {human_bytes(result['wal_peak_bytes'])})")
+        cause = cause_text(result)
+        if cause:
+            self._print(f"     {cause}")
+        else:
+            seen = hazards_seen(result)
+            if seen:
+                self._print(f"     lock watch: {seen} (no damage found)")
 
 
 def summary_table(results: dict[str, Any]) -> str:

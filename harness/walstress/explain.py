@@ -147,6 +147,23 @@ def _explain_factor(key: str, levels: list[dict[str, Any]]) -> str:
             f"{', Bonferroni-corrected' if len(pairs) > 1 else ''}, not below {SIGNIFICANCE}); run more repeats.")
 
 
+def _cause_sentence(cell: dict[str, Any]) -> str | None:
+    """"cause lock_lost in 5 of 5 damaged runs; in the first: writer-0 lost ..." (None without causes)."""
+    counts = cell.get("causes") or {}
+    damaged = int(cell.get("corrupt", 0)) + int(cell.get("lost", 0))
+    if not counts or not damaged:
+        return None
+    ranked = sorted(counts.items(), key=lambda kv: -kv[1])
+    text = "cause " + ", ".join(f"{name} in {count} of {damaged}" for name, count in ranked) + " damaged runs"
+    first = next((r.get("cause") for r in cell.get("results") or []
+                  if r.get("verdict") in ("corrupt", "lost-writes") and r.get("cause")), None)
+    if first and first.get("id") != "unknown":
+        text += f"; in the first: {first['sentence']}"
+    elif first:
+        text += " (unknown: no evidence of a known mechanism)"
+    return text + ("" if text.endswith(".") else ".")
+
+
 def explain(results: dict[str, Any]) -> list[str]:
     """Sentences about a results.json: overall counts, then one per matrix factor."""
     cells = list(results.get("cells") or [])
@@ -181,7 +198,11 @@ def explain(results: dict[str, Any]) -> list[str]:
         sentences.append(_explain_factor(key, levels))
     damaged_cells = [c for c in cells if c.get("time_to_first_failure_s") is not None]
     for cell in damaged_cells:
-        sentences.append(f"{cell.get('label') or cell.get('cell_id')}: first damage seen after "
+        label = cell.get('label') or cell.get('cell_id')
+        cause = _cause_sentence(cell)
+        if cause:
+            sentences.append(f"{label}: {cause}")
+        sentences.append(f"{label}: first damage seen after "
                          f"{cell['time_to_first_failure_s']} s of run time (the cell's runs in order; within "
                          f"the failing run, SQLite's first corruption error, else the checks at its end).")
     mismatched = [c for c in cells if not c.get("matches_expect", True)]

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import textwrap
 import time
 from pathlib import Path
 from typing import Any
 
+from walstress.checks.causes import cause_text
 from walstress.console import human_bytes
 from walstress.report import data as D
 from walstress.report import figures as F
@@ -62,6 +64,9 @@ def run_sections(page: P.Page, result: dict[str, Any], run: D.RunData, figs: dic
     """The body of a run's report (also used, one level down, in an output folder's page)."""
     text, colour = P.verdict_text(result)
     page.verdict(text, colour)
+    cause = cause_text(result)
+    if cause:
+        page.p(cause)
     partial = bool(result.get("partial")) or run.partial
     if partial:
         page.verdict(P.partial_note(result, run.last_record_t, run.span_s), "#b35c00")
@@ -105,6 +110,7 @@ def run_sections(page: P.Page, result: dict[str, Any], run: D.RunData, figs: dic
         page.table(["name", "start (s)", "end (s)", "target", "detail"],
                    [[f.name, round(f.t, 3), "instant" if f.t_end is None else round(f.t_end, 3), f.target,
                      json.dumps(f.detail, default=str)[:120] if f.detail is not None else "-"] for f in run.faults])
+    lock_watch_section(page, result, level=h)
     checks_section(page, result, level=h)
     lost_section(page, result, run.run_dir, level=h)
     workers = result.get("workers", [])
@@ -310,7 +316,8 @@ def build_folder_report(out_dir: Path, results: dict[str, Any]) -> list[Path]:
     shown = _runs_to_show(cells)
     for cell in cells:
         page.h(1, f"{cell['cell_id']}: {cell.get('label', '')}")
-        page.p(f"Expect {cell.get('expect')}: {_verdicts(cell)}; matches: {'yes' if cell.get('matches_expect') else 'NO'}.")
+        page.p(f"Expect {cell.get('expect')}: {_verdicts(cell)}; matches: {'yes' if cell.get('matches_expect') else 'NO'}."
+               + _causes_text(cell))
         for index, result in enumerate(cell.get("results", [])):
             run_dir = runs_by_cell[cell["cell_id"]][index].run_dir
             rel = run_dir.relative_to(out_dir) if run_dir.is_relative_to(out_dir) else run_dir
@@ -322,9 +329,50 @@ def build_folder_report(out_dir: Path, results: dict[str, Any]) -> list[Path]:
             else:
                 text, colour = P.verdict_text(result)
                 page.verdict(text, colour)
+                cause = cause_text(result)
+                if cause:
+                    page.p(cause)
     page.p(f"Report built {time.strftime('%Y-%m-%d %H:%M:%S')} from the runs' histories "
            f"(`walstress report {out_dir}` rebuilds it).")
     return written + P.write_page(page, out_dir)
+
+
+def _causes_text(cell: dict[str, Any]) -> str:
+    """" Causes of the damaged runs: lock_lost 4, unknown 1 (expected lock_lost)."" or ""."""
+    causes = cell.get("causes") or {}
+    if not causes:
+        return ""
+    text = " Causes of the damaged runs: " + ", ".join(f"{k} {v}" for k, v in sorted(causes.items(),
+                                                                                   key=lambda kv: -kv[1]))
+    if cell.get("expect_cause"):
+        text += f" (expected {cell['expect_cause']})"
+    return text + "."
+
+
+def lock_watch_section(page: P.Page, result: dict[str, Any], *, level: int) -> None:
+    """What the lock watch saw: its events, its cost."""
+    watch = result.get("lock_watch")
+    if not watch:
+        return
+    page.h(level, "Lock watch")
+    share = watch.get("core_share")
+    page.p(f"/proc/locks and the workers' descriptors sampled at {watch.get('hz')} Hz ({watch.get('samples')} "
+           f"samples, {share * 100:.2f}% of a core)." if share is not None else "Lock watch ran.")
+    rows = []
+    for kind, label in (("lock_lost", "lock lost"), ("deleted_open", "deleted file in use"),
+                        ("two_libraries", "two SQLite libraries")):
+        for event in watch.get(kind) or []:
+            what = event.get("file") or ", ".join(os.path.basename(p) for p in (event.get("libraries") or {}))
+            if kind == "lock_lost":
+                what = f"{what} ({event.get('which')}; still held: {', '.join(event.get('still_held') or []) or 'none'})"
+            rows.append([event.get("t_s"), label, event.get("worker"), event.get("pid"), what])
+    if rows:
+        page.table(["t (s)", "event", "worker", "pid", "file"], sorted(rows, key=lambda r: r[0] or 0))
+    else:
+        page.p("No lock was lost, no deleted file was in use, no process had two SQLite libraries.")
+    libraries = {source for libs in (watch.get("libraries") or {}).values() for source in libs.values()}
+    if libraries:
+        page.p("SQLite libraries mapped by the workers: " + "; ".join(sorted(s[:30] for s in libraries)) + ".")
 
 
 def _verdicts(cell: dict[str, Any]) -> str:

@@ -90,11 +90,17 @@ class RunData:
     workers: dict[str, dict[str, Any]] = field(default_factory=dict)
     last_record_t: float | None = None
     notes: list[str] = field(default_factory=list)
+    # moments to mark: lock-watch events (lock_lost, deleted_open, two_libraries) and SQLite's first
+    # corruption error, as {"kind", "t" (s since go), "worker", "file"}
+    events: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def kinds(self) -> list[str]:
         present = [k for k in KINDS if k in self.ops and self.ops[k].count]
         return present + sorted(k for k in self.ops if k not in KINDS and self.ops[k].count)
+
+
+EVENT_KINDS = ("lock_lost", "deleted_open", "two_libraries")
 
 
 def load_run(run_dir: str | Path) -> RunData:
@@ -125,9 +131,15 @@ def load_run(run_dir: str | Path) -> RunData:
     op_ok: dict[str, list[bool]] = {}
     workers: dict[str, dict[str, Any]] = {}
     notes: list[str] = []
+    events: list[dict[str, Any]] = []
     for rec in records:
         kind = rec.get("type")
         t = float(rec.get("t", t0)) - t0
+        if kind in EVENT_KINDS:
+            events.append({"kind": kind, "t": t, "worker": rec.get("worker"), "file": rec.get("file")})
+        if kind in ("op", "checkpoint") and rec.get("err") == "corrupt" and \
+                not any(e["kind"] == "corruption_error" for e in events):
+            events.append({"kind": "corruption_error", "t": t, "worker": rec.get("worker"), "file": None})
         if kind == "op":
             k = str(rec.get("kind", "?"))
             op_t.setdefault(k, []).append(t)
@@ -172,7 +184,7 @@ def load_run(run_dir: str | Path) -> RunData:
                    partial=not run_stop, size_t=np.asarray(size_t, dtype=float),
                    wal_bytes=np.asarray(wal, dtype=np.int64), db_bytes=np.asarray(db, dtype=np.int64),
                    shm_bytes=np.asarray(shm, dtype=np.int64), checkpoints=checkpoints, faults=faults,
-                   ops=ops, workers=workers, last_record_t=last_t, notes=notes)
+                   ops=ops, workers=workers, last_record_t=last_t, notes=notes, events=events)
 
 
 # ----------------------------------------------------------------- series

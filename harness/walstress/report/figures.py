@@ -32,6 +32,10 @@ OUTCOME_COLOURS = {"complete": "#2ca02c", "partial": "#ff9f1c", "busy": "#d62728
 MODE_MARKERS = {"PASSIVE": "o", "FULL": "s", "RESTART": "D", "TRUNCATE": "v", "NONE": "x"}
 FAULT_COLOUR = "#808080"
 STALL_COLOUR = "#d62728"
+# moments of a run: what the lock watch saw, and SQLite's first corruption error
+EVENT_STYLES = {"lock_lost": ("#b0006e", "-", "lock lost"), "deleted_open": ("#e67e00", ":", "deleted file in use"),
+                "two_libraries": ("#6a3d9a", "-.", "two SQLite libraries"),
+                "corruption_error": ("#000000", (0, (6, 2, 1, 2)), "first corruption error")}
 PERCENTILE_MIN_COUNT = 5  # buckets with fewer operations get no percentile lines
 SLOW_MS = 100.0  # writes slower than this are drawn as large markers in the per-cell figure
 TICK_FONT_SIZE = 9
@@ -66,7 +70,8 @@ def save(fig: Figure, path: Path) -> Path:
 
 
 def shade_faults(ax: Any, run: D.RunData) -> list[str]:
-    """Fault windows as grey spans, instant faults as dashed lines; returns names drawn."""
+    """Fault windows as grey spans, instant faults as dashed lines, and the run's events (the lock
+    watch's, the first corruption error) as coloured lines; returns the names drawn."""
     names = []
     for window in D.fault_windows(run):
         if window["instant"] or window["t_end"] is None or window["t_end"] <= window["t"]:
@@ -75,6 +80,16 @@ def shade_faults(ax: Any, run: D.RunData) -> list[str]:
             ax.axvspan(window["t"], window["t_end"], color=FAULT_COLOUR, alpha=0.18, lw=0,
                        gid=f"fault:{window['name']}")
         names.append(window["name"])
+    seen: set[tuple[str, Any]] = set()
+    for event in run.events:
+        key = (event["kind"], event.get("worker"))
+        if key in seen:  # one line per kind and worker: its first
+            continue
+        seen.add(key)
+        colour, style, _ = EVENT_STYLES[event["kind"]]
+        ax.axvline(event["t"], color=colour, ls=style, lw=1.3, zorder=4,
+                   gid=f"event:{event['kind']}:{event.get('worker') or ''}")
+        names.append(f"event:{event['kind']}")
     return names
 
 
@@ -92,7 +107,14 @@ def _stall_legend(count: int) -> list[Any]:
 
 
 def _fault_legend(names: list[str]) -> list[Any]:
-    return [Patch(color=FAULT_COLOUR, alpha=0.3, label=f"fault: {name}") for name in dict.fromkeys(names)]
+    handles: list[Any] = []
+    for name in dict.fromkeys(names):
+        if name.startswith("event:"):
+            colour, style, label = EVENT_STYLES[name.split(":", 1)[1]]
+            handles.append(Line2D([], [], color=colour, ls=style, lw=1.3, label=label))
+        else:
+            handles.append(Patch(color=FAULT_COLOUR, alpha=0.3, label=f"fault: {name}"))
+    return handles
 
 
 def _with_gaps(t: np.ndarray, y: np.ndarray, width: float) -> tuple[np.ndarray, np.ndarray]:
