@@ -234,6 +234,8 @@ def test_corrupt_messages_page(db, where, capsys):
     assert "messages" in result["reason"]
     report = format_check(result)
     assert report.startswith("DAMAGED") and "messages" in report
+    # garbage, not zeros: the file alone does not tell the cause, and check says so
+    assert result["cause"]["id"] == "unknown" and "cause: Cause unknown: the file alone" in report
     assert main_check(str(db), False) == 1
     assert main_check(str(db), True) == 1
     out = capsys.readouterr().out
@@ -248,6 +250,17 @@ def test_corrupt_fts_data_page(db):
     assert res.fts["messages_fts"] != "ok" or res.messages != ["ok"]
     assert any(n.startswith("messages_fts") for n in res.damaged_objects)
     assert check_database(db)["verdict"] == "damaged"
+
+
+def test_check_names_zero_filled_pages_as_the_cause(db):
+    pages = owned_pages(db, "messages")
+    page = pages[len(pages) // 2]
+    smash(db, page, 0, bytes(PAGE_SIZE))
+    result = check_database(db)
+    assert result["verdict"] == "damaged"
+    assert result["integrity"]["zero_pages"] == [page]
+    assert result["cause"]["id"] == "zero_filled_pages"
+    assert f"cause: 1 b-tree page(s) are all zeros (pages {page})" in format_check(result)
 
 
 def test_corrupt_header_is_damaged_not_error(db):

@@ -349,6 +349,20 @@ def cause_text(result: dict[str, Any]) -> str | None:
     return f"Cause: {cause['title']}. {cause['sentence']}"
 
 
+def file_cause(integrity: dict[str, Any] | None) -> dict[str, Any]:
+    """The cause a damaged file alone shows (``walstress check``): zero-filled b-tree pages, else unknown;
+    lock losses, power cuts and stale versions need a run's evidence."""
+    pages = (integrity or {}).get("zero_pages") or []
+    if pages:
+        shown = ", ".join(str(p) for p in pages[:8]) + (" ..." if len(pages) > 8 else "")
+        return {"id": "zero_filled_pages", "title": "zero-filled pages",
+                "sentence": f"{len(pages)} b-tree page(s) are all zeros (pages {shown}): a write that never "
+                            "reached the file, or a file extended and never filled."}
+    return {"id": "unknown", "title": "unknown",
+            "sentence": "Cause unknown: the file alone does not show a known mechanism (a lost lock, a deleted -wal "
+                        "or a power cut leave no trace in it; run the workload under walstress to see them)."}
+
+
 def hazards_seen(result: dict[str, Any]) -> str | None:
     """What the lock watch saw in a run that was not damaged: "writer-0 lost its locks on state.db at
     0.05 s; 2 deleted files in use" (None when it saw nothing)."""

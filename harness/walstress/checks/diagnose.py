@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from walstress.checks.btree import HEADER_MAGIC, NotADatabaseError, read_header
+from walstress.checks.causes import file_cause
 from walstress.checks.integrity import run_integrity
 from walstress.database.snapshot import COMPANIONS, copy_database
 
@@ -80,6 +81,7 @@ def check_database(path, *, workdir=None) -> dict:
         "text_encoding": None,
         "auto_vacuum": None,
         "row_counts": {},
+        "cause": None,
         "sqlite_version": sqlite3.sqlite_version,
         "copy_dir": None,
         "seconds": 0.0,
@@ -172,6 +174,7 @@ def _check_copy(copy: Path, result: dict, stable: bool) -> tuple[str, str]:
             reason += f"; FTS5 not checked (module missing): {', '.join(skipped)}"
         return HEALTHY, reason
     reason = _damage_reason(integ)
+    result["cause"] = file_cause(result["integrity"])
     if not stable:
         reason += ("; the files changed while they were copied, so the copy may be "
                    "torn: check again when the database is idle")
@@ -217,6 +220,8 @@ def format_check(result: dict) -> str:
         lines.append("  warning: the database changed while it was copied")
     if not integ or result["verdict"] == HEALTHY:
         return "\n".join(lines)
+    if result.get("cause"):
+        lines.append(f"cause: {result['cause']['sentence']}")
     if integ.get("damaged_objects"):
         lines.append("damaged objects: " + ", ".join(integ["damaged_objects"]))
     for table, verdict in (integ.get("fts") or {}).items():
