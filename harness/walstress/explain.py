@@ -147,6 +147,14 @@ def _explain_factor(key: str, levels: list[dict[str, Any]]) -> str:
             f"{', Bonferroni-corrected' if len(pairs) > 1 else ''}, not below {SIGNIFICANCE}); run more repeats.")
 
 
+def _cause_expectation(cell: dict[str, Any]) -> str:
+    """"; cause lock_lost expected, 3/5 damaged runs" when a cell expects a cause."""
+    if not cell.get("expect_cause"):
+        return ""
+    damaged = int(cell.get("corrupt", 0)) + int(cell.get("lost", 0))
+    return f"; cause {cell['expect_cause']} expected, {cell.get('cause_matching', 0)}/{damaged} damaged runs"
+
+
 def _cause_sentence(cell: dict[str, Any]) -> str | None:
     """"cause lock_lost in 5 of 5 damaged runs; in the first: writer-0 lost ..." (None without causes)."""
     counts = cell.get("causes") or {}
@@ -209,5 +217,6 @@ def explain(results: dict[str, Any]) -> list[str]:
     if mismatched:
         sentences.append("Cells whose verdicts did not match their expectation: "
                          + ", ".join(f"{c.get('label') or c['cell_id']} (expected {c.get('expect')}, "
-                                     f"{c.get('matching', 0)}/{c.get('runs', 0)} matched)" for c in mismatched) + ".")
+                                     f"{c.get('matching', 0)}/{c.get('runs', 0)} matched{_cause_expectation(c)})"
+                                     for c in mismatched) + ".")
     return sentences

@@ -48,7 +48,8 @@ def sqlite_paths_for(scenario: Scenario) -> list[str]:
 
 def cell_summary(cell: Cell, runs: list[dict[str, Any]]) -> dict[str, Any]:
     return summarize_cell(cell.cell_id, cell.label, cell.params, cell.scenario.expect,
-                          cell.scenario.expect_fraction, runs, expect_cause=cell.scenario.expect_cause)
+                          cell.scenario.expect_fraction, runs, expect_cause=cell.scenario.expect_cause,
+                          cause_fraction=cell.scenario.expect_cause_fraction)
 
 
 def cause_counts(runs: list[dict[str, Any]]) -> dict[str, int]:
@@ -78,10 +79,10 @@ def cell_matches(expect: str, expect_fraction: float, runs: list[dict[str, Any]]
 
 
 def summarize_cell(cell_id: str, label: str, params: dict[str, Any], expect: str, expect_fraction: float,
-                   runs: list[dict[str, Any]], *, expect_cause: str = "") -> dict[str, Any]:
+                   runs: list[dict[str, Any]], *, expect_cause: str = "", cause_fraction: float = 0.8) -> dict[str, Any]:
     counts = {v: sum(1 for r in runs if r["verdict"] == v) for v in ("clean", "corrupt", "lost-writes", "errors")}
     matching, matched = cell_matches(expect, expect_fraction, runs)
-    cause_named, cause_ok = cause_matches(expect_cause, expect_fraction, runs)
+    cause_named, cause_ok = cause_matches(expect_cause, cause_fraction, runs)
     first_failure = None
     elapsed = 0.0
     for run in runs:
@@ -105,6 +106,7 @@ def summarize_cell(cell_id: str, label: str, params: dict[str, Any], expect: str
         "matching": matching,
         "matches_expect": matched and cause_ok,
         "expect_cause": expect_cause,
+        "expect_cause_fraction": cause_fraction,
         "causes": cause_counts(runs),
         "cause_matching": cause_named,
         "lock_lost_runs": sum(1 for r in runs if ((r.get("lock_watch") or {}).get("counts") or {}).get("lock_lost")),
@@ -312,7 +314,8 @@ def rejudge_dir(target: str | Path, judge: Callable[[Path], dict[str, Any]] = ju
         old = known.get(cell_dir.name, {})
         cells.append(summarize_cell(cell_dir.name, old.get("label", meta["name"]), old.get("params", {}),
                                     meta["expect"], meta.get("expect_fraction", 1.0), runs,
-                                    expect_cause=meta.get("expect_cause", "")))
+                                    expect_cause=meta.get("expect_cause", ""),
+                                    cause_fraction=meta.get("expect_cause_fraction", 0.8)))
     results = dict(previous) if previous else {
         "schema_version": RESULTS_SCHEMA_VERSION, "walstress_version": __version__,
         "scenario": {"name": target.name, "description": "", "source": "", "seed": 0, "matrix": {}, "values": {}},

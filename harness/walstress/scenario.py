@@ -18,8 +18,8 @@ Per-cell expectations: ``expect``/``expect_fraction`` hold for every cell
 unless an ``[[expect_when]]`` rule matches the cell. Each rule is
 ``match = {"KEY" = value, ...}`` (dotted keys, values checked like any
 setting), ``expect = "..."``, an optional ``fraction`` and an optional
-``cause`` (what the damaged runs must be attributed to, like
-``expect_cause``); the first rule whose every key equals the cell's value
+``cause`` and ``cause_fraction`` (what that share of the damaged runs must
+be attributed to, like ``expect_cause``/``expect_cause_fraction``); the first rule whose every key equals the cell's value
 sets that cell's expectation (rules win over ``expect``, also over ``--set
 expect=...``)::
 
@@ -212,8 +212,10 @@ class Scenario:
     repeat: int = setting(1, min=1, max=10_000)
     expect: str = setting("clean", choices=EXPECTATIONS)
     expect_fraction: float = setting(1.0, min=0.0, max=1.0, doc="share of a cell's runs that must match expect")
-    expect_cause: str = setting("", doc="the cause (checks/causes.py) that expect_fraction of the damaged runs must "
-                                        "be attributed to; empty: any")
+    expect_cause: str = setting("", doc="the cause (checks/causes.py) that expect_cause_fraction of the damaged runs "
+                                        "must be attributed to; empty: any")
+    expect_cause_fraction: float = setting(0.8, min=0.0, max=1.0, doc="share of a cell's damaged runs that must be "
+                                                                      "attributed to expect_cause")
     sqlite: SqliteSettings = field(default_factory=SqliteSettings)
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
     checkpoint: CheckpointSettings = field(default_factory=CheckpointSettings)
@@ -287,7 +289,8 @@ _SECTIONS: dict[str, type] = {
     "search": SearchSettings,
     "lock_watch": LockWatchSettings,
 }
-_SCALAR_TOP = ("name", "description", "seed", "duration", "repeat", "expect", "expect_fraction", "expect_cause")
+_SCALAR_TOP = ("name", "description", "seed", "duration", "repeat", "expect", "expect_fraction", "expect_cause",
+               "expect_cause_fraction")
 
 
 def _catalog(scenario: Scenario) -> Catalog:
@@ -534,9 +537,10 @@ def _build_expect_when(scenario: Scenario, rules: Any, source: str) -> list[dict
         where = f"expect_when[{index}]"
         if not isinstance(rule, dict):
             raise ScenarioError(source, where, "each [[expect_when]] entry must be a table")
-        unknown = sorted(set(rule) - {"match", "expect", "fraction", "cause"})
+        unknown = sorted(set(rule) - {"match", "expect", "fraction", "cause", "cause_fraction"})
         if unknown:
-            raise ScenarioError(source, f"{where}.{unknown[0]}", "unknown key; allowed: match, expect, fraction, cause")
+            raise ScenarioError(source, f"{where}.{unknown[0]}",
+                                "unknown key; allowed: match, expect, fraction, cause, cause_fraction")
         match = rule.get("match")
         if not isinstance(match, dict) or not match:
             raise ScenarioError(source, f"{where}.match", 'must be a non-empty table such as {"checkpoint.mode" = "TRUNCATE"}')
@@ -564,7 +568,15 @@ def _build_expect_when(scenario: Scenario, rules: Any, source: str) -> list[dict
         if cause is not None and not (isinstance(cause, str) and re.fullmatch(r"[a-z][a-z0-9_]*", cause)):
             raise ScenarioError(source, f"{where}.cause", f"{json.dumps(cause)}: the name of a cause, such as "
                                                           '"lock_lost"')
-        out.append({"match": checked, "expect": expect, "fraction": fraction, "cause": cause})
+        cause_fraction = None
+        if "cause_fraction" in rule:
+            try:
+                cause_fraction = coerce_value(_known_field(Scenario, "expect_cause_fraction"), rule["cause_fraction"])
+            except ValueError as exc:
+                raise ScenarioError(source, f"{where}.cause_fraction",
+                                    f"{json.dumps(rule['cause_fraction'])} is not allowed; expected {exc}") from None
+        out.append({"match": checked, "expect": expect, "fraction": fraction, "cause": cause,
+                    "cause_fraction": cause_fraction})
     return out
 
 
@@ -577,6 +589,8 @@ def _apply_expect_when(cell_scenario: Scenario, rules: list[dict]) -> None:
                 cell_scenario.expect_fraction = rule["fraction"]
             if rule.get("cause") is not None:
                 cell_scenario.expect_cause = rule["cause"]
+            if rule.get("cause_fraction") is not None:
+                cell_scenario.expect_cause_fraction = rule["cause_fraction"]
             return
 
 
@@ -722,7 +736,8 @@ def _validate_search(scenario: Scenario) -> None:
     for key, spec in search.vary.items():
         where = f"search.vary.{key}"
         f = field_for_key(scenario, key)
-        if f is None or key in ("name", "description", "repeat", "expect", "expect_fraction", "expect_cause"):
+        if f is None or key in ("name", "description", "repeat", "expect", "expect_fraction", "expect_cause",
+                                "expect_cause_fraction"):
             raise ScenarioError(src, where, f"not a key a search can vary{did_you_mean(key, known_keys(catalog))}")
         meta = setting_meta(f)
         if spec == "any":

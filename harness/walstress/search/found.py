@@ -12,7 +12,8 @@ from walstress.scenario import Scenario
 from walstress.settings import setting_meta
 from walstress.tomlwriter import table, value
 
-_TOP = ("name", "description", "seed", "duration", "repeat", "expect", "expect_fraction", "expect_cause")
+_TOP = ("name", "description", "seed", "duration", "repeat", "expect", "expect_fraction", "expect_cause",
+        "expect_cause_fraction")
 _ALWAYS = ("name", "duration", "repeat", "expect")
 
 
