@@ -116,7 +116,7 @@ def test_lock_breaker_off_records_nothing(tmp_path, cache_dir):
     assert res["faults"] == [] and res["fault_summary"] == {}
     assert res["verdict"] == "clean", res["reason"]
     # no lost lock, no deleted file in use: the writers and the opener keep SQLite's locks
-    assert res["lock_watch"]["counts"] == {"lock_lost": 0, "lock_regained": 0, "deleted_open": 0,
+    assert res["lock_watch"]["counts"] == {"lock_lost": 0, "lock_regained": 0, "deleted_open": 0, "split_wal": 0,
                                            "two_libraries": 0}
     assert res["lock_watch"]["samples"] >= 10
 

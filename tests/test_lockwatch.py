@@ -223,3 +223,34 @@ def test_watch_human_output_names_the_loss(tmp_path):
                for line in lines)
     assert lines[-1].startswith("watched ") and "1 lock(s) lost" in lines[-1]
     assert time.time() - started < 30
+
+
+def test_watch_sees_one_database_used_with_two_wals_through_a_hard_link(tmp_path):
+    """Two processes, one database file under two names: SQLite names the -wal and -shm after the
+    name it was given, so each process has its own WAL index."""
+    path = program(tmp_path, "linked", """
+        import subprocess
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the table in the file, for the other name too
+        os.link(DB, DB + ".alias")
+        other = subprocess.Popen([sys.executable, "-c", "import sqlite3, time; "
+                                  f"c = sqlite3.connect({DB + '.alias'!r}); "
+                                  "c.execute('SELECT count(*) FROM t').fetchall(); time.sleep(30)"])
+        say("linked")
+        try:
+            time.sleep(30)
+        finally:
+            other.kill()
+    """)
+    app = subprocess.Popen([sys.executable, str(path)], stdout=subprocess.PIPE, text=True)
+    try:
+        app.stdout.readline()
+        app.stdout.readline()
+        watch = subprocess.run([sys.executable, "-m", "walstress", "watch", str(app.pid), "--children", "--json",
+                                "--duration", "2.5s"], capture_output=True, text=True, timeout=60)
+    finally:
+        app.terminate()
+        app.wait(timeout=30)
+    records = [json.loads(line) for line in watch.stdout.splitlines() if line.startswith("{")]
+    (split,) = of(records, "split_wal")
+    assert sorted(Path(p).name for p in split["shm_files"]) == ["linked.db-shm", "linked.db.alias-shm"]
+    assert watch.returncode == 1 and not of(records, "lock_lost")

@@ -29,8 +29,13 @@ each process has mapped (``/proc/PID/maps``; two different ones in one
 process is the two-libraries hazard: each keeps its own list of open files,
 so one's ``close()`` drops the other's locks).
 
+When processes use one database file (one inode) with different ``-shm``
+files, each has its own WAL index and its own ``-wal``: a hard link (another
+name, so another ``-wal`` name), or a ``-wal``/``-shm`` deleted under some of
+them. That is the ``split_wal`` event.
+
 Records (history types): ``lock_lost``, ``lock_regained``, ``deleted_open``,
-``sqlite_libraries``, ``two_libraries``, ``locks`` (once a second: what each
+``split_wal``, ``sqlite_libraries``, ``two_libraries``, ``locks`` (once a second: what each
 process holds) and ``lock_watch`` (its own cost, at the end). The watch
 only reads /proc; it never opens a database, -wal or -shm.
 """
@@ -266,6 +271,8 @@ class LockWatch(threading.Thread):
         self._deleted_pending: dict[tuple[int, int, FileKey], int] = {}
         self._deleted_seen: set[tuple[int, int, FileKey]] = set()
         self._last_locks_record = 0.0
+        self._split_pending: dict[FileKey, tuple[frozenset[FileKey], int]] = {}
+        self._split_seen: dict[FileKey, frozenset[FileKey]] = {}
         self.samples = 0
         self.events: dict[str, int] = {}
         self.cpu_seconds = 0.0
@@ -334,6 +341,7 @@ class LockWatch(threading.Thread):
             self._check_deleted(proc, files, now)
             if now - proc.libraries_read_at >= self.libraries_every:
                 self._check_libraries(proc, now)
+        self._check_split(views, now)
         if now - self._last_locks_record >= self.locks_every:
             self._last_locks_record = now
             self.emit({"type": "locks", "t": now, "held": self._held_summary(views, locks)})
@@ -387,6 +395,34 @@ class LockWatch(threading.Thread):
             return False
         return (db.fd, db.key) in again and (shm.fd, shm.key) in again
 
+    def _check_split(self, views: dict[int, list[OpenFile]], now: float) -> None:
+        """One database file used with two different -shm files (so two -wal files): a hard link, a
+        -wal/-shm deleted under some connections, a copy put in place of the database."""
+        by_db: dict[FileKey, dict[FileKey, tuple[str, set[str]]]] = {}
+        for pid, files in views.items():
+            name = self._procs[pid].name
+            for db, shm in wal_databases(files):
+                entry = by_db.setdefault(db.key, {}).setdefault(shm.key, (shm.path + (_DELETED if shm.deleted
+                                                                                       else ""), set()))
+                entry[1].add(name)
+        for db_key, shms in by_db.items():
+            if len(shms) < 2:
+                self._split_pending.pop(db_key, None)
+                continue
+            seen = frozenset(shms)
+            if self._split_seen.get(db_key) == seen:
+                continue
+            count = self._split_pending.get(db_key, (seen, 0))
+            count = (seen, count[1] + 1 if count[0] == seen else 1)
+            self._split_pending[db_key] = count
+            if count[1] < CONFIRM_SAMPLES:
+                continue
+            self._split_seen[db_key] = seen
+            shm_files = {path: sorted(workers) for path, workers in shms.values()}
+            self._event({"type": "split_wal", "t": now, "shm_files": shm_files,
+                         "msg": f"one database (inode {db_key[2]}) is used with {len(shms)} different -shm files: "
+                                + "; ".join(f"{os.path.basename(p)} by {', '.join(w)}" for p, w in shm_files.items())})
+
     def _check_deleted(self, proc: _Process, files: list[OpenFile], now: float) -> None:
         current = set()
         for f in deleted_in_use(files):
@@ -411,7 +447,7 @@ class LockWatch(threading.Thread):
             libraries = mapped_sqlite_libraries(proc.pid)
         except OSError:
             return
-        if libraries != proc.libraries:
+        if libraries != proc.libraries and (libraries or proc.libraries):
             proc.libraries = libraries
             self._event({"type": "sqlite_libraries", "t": now, "worker": proc.name, "pid": proc.pid,
                          "libraries": libraries})

@@ -25,8 +25,8 @@ from walstress.errors import UsageError, WalstressError
 from walstress.lockwatch import LockWatch, available
 
 EVENT_LABELS = {"lock_lost": "LOCK LOST", "lock_regained": "lock regained", "deleted_open": "DELETED FILE IN USE",
-                "two_libraries": "TWO SQLITE LIBRARIES"}
-HAZARDS = ("lock_lost", "deleted_open", "two_libraries")
+                "two_libraries": "TWO SQLITE LIBRARIES", "split_wal": "ONE DATABASE, TWO -SHM"}
+HAZARDS = ("lock_lost", "deleted_open", "two_libraries", "split_wal")
 CHILDREN_EVERY_S = 1.0
 
 
@@ -86,7 +86,7 @@ def human_line(rec: dict[str, Any], t0: float) -> str | None:
     kind = rec.get("type")
     stamp = time.strftime("%H:%M:%S", time.localtime(rec.get("t", time.time())))
     offset = f"+{rec.get('t', t0) - t0:7.2f}s"
-    if kind in ("lock_lost", "deleted_open", "two_libraries"):
+    if kind in HAZARDS:
         text = rec.get("msg", "")
         if kind == "lock_lost" and rec.get("still_held") is not None:
             text += f" (still held: {', '.join(rec['still_held']) or 'nothing'})"
@@ -167,5 +167,6 @@ def watch(pids: list[int], *, hz: float = 20.0, duration: float | None = None, c
     if not as_json:
         print(f"watched {stats['wall_s']:.1f} s, {stats['samples']} samples, {stats['core_share'] * 100:.2f}% of a "
               f"core: {seen.get('lock_lost', 0)} lock(s) lost, {seen.get('deleted_open', 0)} deleted file(s) in use, "
-              f"{seen.get('two_libraries', 0)} process(es) with two SQLite libraries", file=out, flush=True)
+              f"{seen.get('two_libraries', 0)} process(es) with two SQLite libraries, {seen.get('split_wal', 0)} "
+              "database(s) used with two -shm files", file=out, flush=True)
     return 1 if seen else 0

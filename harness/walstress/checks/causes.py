@@ -14,6 +14,7 @@ error when a worker saw one, else before the checks at the run's end.
 
     two_libraries      a worker had two SQLite libraries mapped and lost its locks
     lock_lost          a worker had the database and its -shm open but no POSIX lock on one
+    split_wal          one database file used with two different -shm (so two -wal) files
     deleted_wal        a worker kept using a -wal/-shm/-journal (or database) that was deleted
     sync_not_honoured  a power cut on storage that acknowledged fsync without writing through
     no_journal         a crash with journal_mode=OFF or MEMORY: nothing to roll back from
@@ -96,7 +97,7 @@ def register_cause(name: str, rule: CauseRule) -> CauseRule:
 
 def unknown(damage: Damage) -> Cause:
     return Cause("unknown", "unknown", "Cause unknown: the run left no evidence of a known mechanism "
-                 "(no lost lock, deleted -wal, power cut, old version or zero page was seen before the damage).")
+                 "(no lost lock, second -wal, deleted -wal, power cut, old version or zero page was seen before the damage).")
 
 
 # ------------------------------------------------------------------ evidence
@@ -174,6 +175,20 @@ def _lock_lost(run: RunEvidence, damage: Damage) -> Cause | None:
         sentence += f" ({len(workers)} workers lost locks: {', '.join(workers[:6])})"
     evidence = [r.get("msg", "") for r in lost[:5]]
     return Cause("lock_lost", "lock loss", sentence + ".", evidence, first["t"])
+
+
+def _split_wal(run: RunEvidence, damage: Damage) -> Cause | None:
+    found = [r for r in events(run, "split_wal") if r["t"] <= damage.deadline]
+    if not found:
+        return None
+    first = found[0]
+    files = first.get("shm_files") or {}
+    listing = "; ".join(f"{os.path.basename(path)} by {', '.join(workers)}" for path, workers in files.items())
+    return Cause("split_wal", "one database, two WALs",
+                 f"From {damage.at(first['t'])}{damage.before(first['t'])}, the database was used with "
+                 f"{len(files)} different -shm files ({listing}): each has its own WAL index and -wal, so commits "
+                 "in one are invisible to the other and their checkpoints overwrite each other.",
+                 [r.get("msg", "") for r in found[:5]], first["t"])
 
 
 def _deleted_wal(run: RunEvidence, damage: Damage) -> Cause | None:
@@ -280,7 +295,8 @@ def _stale_rows(run: RunEvidence, damage: Damage) -> Cause | None:
                  [f"{stale} stale rows"])
 
 
-for _name_, _rule in (("two_libraries", _two_libraries), ("lock_lost", _lock_lost), ("deleted_wal", _deleted_wal),
+for _name_, _rule in (("two_libraries", _two_libraries), ("lock_lost", _lock_lost), ("split_wal", _split_wal),
+                      ("deleted_wal", _deleted_wal),
                       ("sync_not_honoured", _sync_not_honoured), ("no_journal", _no_journal),
                       ("unsynced_loss", _unsynced_loss), ("wal_reset_race", _wal_reset_race),
                       ("zero_filled_pages", _zero_pages), ("stale_rows", _stale_rows)):
@@ -314,10 +330,11 @@ def lock_watch_summary(run: RunEvidence) -> dict[str, Any] | None:
         "hz": stats.get("hz"), "samples": stats.get("samples"), "cpu_s": stats.get("cpu_s"),
         "core_share": stats.get("core_share"),
         "counts": {kind: len(events(run, kind)) for kind in ("lock_lost", "lock_regained", "deleted_open",
-                                                             "two_libraries")},
+                                                             "split_wal", "two_libraries")},
         "lock_lost": kept("lock_lost", ("worker", "pid", "file", "which", "still_held")),
         "deleted_open": kept("deleted_open", ("worker", "pid", "file")),
         "two_libraries": kept("two_libraries", ("worker", "pid", "libraries")),
+        "split_wal": kept("split_wal", ("shm_files",)),
         "libraries": libraries,
     }
 
@@ -373,8 +390,8 @@ def hazards_seen(result: dict[str, Any]) -> str | None:
         first = lost[0]
         parts.append(f"{first.get('worker')} lost its locks on {_name(first.get('file', ''))} at {first.get('t_s')} s"
                      + (f" ({watch['counts']['lock_lost']} losses)" if watch["counts"]["lock_lost"] > 1 else ""))
-    for kind, text in (("deleted_open", "deleted files in use"), ("two_libraries", "processes with two SQLite "
-                                                                                    "libraries")):
+    for kind, text in (("deleted_open", "deleted files in use"), ("split_wal", "databases used with two -shm files"),
+                       ("two_libraries", "processes with two SQLite libraries")):
         count = (watch.get("counts") or {}).get(kind, 0)
         if count:
             parts.append(f"{count} {text}")

@@ -360,9 +360,10 @@ def lock_watch_section(page: P.Page, result: dict[str, Any], *, level: int) -> N
            f"samples, {share * 100:.2f}% of a core)." if share is not None else "Lock watch ran.")
     rows = []
     for kind, label in (("lock_lost", "lock lost"), ("deleted_open", "deleted file in use"),
-                        ("two_libraries", "two SQLite libraries")):
+                        ("split_wal", "one database, two -shm"), ("two_libraries", "two SQLite libraries")):
         for event in watch.get(kind) or []:
-            what = event.get("file") or ", ".join(os.path.basename(p) for p in (event.get("libraries") or {}))
+            what = event.get("file") or ", ".join(os.path.basename(p) for p in (event.get("libraries") or
+                                                                                event.get("shm_files") or {}))
             if kind == "lock_lost":
                 what = f"{what} ({event.get('which')}; still held: {', '.join(event.get('still_held') or []) or 'none'})"
             rows.append([event.get("t_s"), label, event.get("worker"), event.get("pid"), what])

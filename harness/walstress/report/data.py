@@ -100,7 +100,7 @@ class RunData:
         return present + sorted(k for k in self.ops if k not in KINDS and self.ops[k].count)
 
 
-EVENT_KINDS = ("lock_lost", "deleted_open", "two_libraries")
+EVENT_KINDS = ("lock_lost", "deleted_open", "split_wal", "two_libraries")
 
 
 def load_run(run_dir: str | Path) -> RunData:

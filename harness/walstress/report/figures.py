@@ -35,6 +35,7 @@ STALL_COLOUR = "#d62728"
 # moments of a run: what the lock watch saw, and SQLite's first corruption error
 EVENT_STYLES = {"lock_lost": ("#b0006e", "-", "lock lost"), "deleted_open": ("#e67e00", ":", "deleted file in use"),
                 "two_libraries": ("#6a3d9a", "-.", "two SQLite libraries"),
+                "split_wal": ("#1a7f7f", "--", "one database, two -shm"),
                 "corruption_error": ("#000000", (0, (6, 2, 1, 2)), "first corruption error")}
 PERCENTILE_MIN_COUNT = 5  # buckets with fewer operations get no percentile lines
 SLOW_MS = 100.0  # writes slower than this are drawn as large markers in the per-cell figure
