@@ -35,9 +35,15 @@ class ConnectionOptions:
     journal_size_limit: int
     foreign_keys: bool
     extra_pragmas: tuple[str, ...] = ()  # asked for by fault sections (faults.fsync)
+    journal_mode: str = "WAL"            # WAL is a property of the file; the others are set per connection
+    cache_size: int = 0                  # 0: SQLite's default
 
     def pragmas(self) -> list[str]:
         out = []
+        if self.journal_mode != "WAL":
+            out.append(f"PRAGMA journal_mode={self.journal_mode}")
+        if self.cache_size:
+            out.append(f"PRAGMA cache_size={int(self.cache_size)}")
         if self.synchronous != "default":
             out.append(f"PRAGMA synchronous={self.synchronous}")
         if self.mmap_size:
@@ -55,7 +61,8 @@ class ConnectionOptions:
         return cls(driver=scenario.sqlite.driver, expected_sqlite_version=scenario.sqlite.version,
                    busy_timeout_ms=db.busy_timeout_ms, synchronous=db.synchronous, mmap_size=db.mmap_size,
                    wal_autocheckpoint=db.wal_autocheckpoint, journal_size_limit=db.journal_size_limit,
-                   foreign_keys=db.foreign_keys, extra_pragmas=tuple(extra_pragmas))
+                   foreign_keys=db.foreign_keys, extra_pragmas=tuple(extra_pragmas), journal_mode=db.journal_mode,
+                   cache_size=db.cache_size)
 
 
 @dataclass(frozen=True)

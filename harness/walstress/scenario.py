@@ -83,7 +83,10 @@ class DatabaseSettings:
     page_size: int = setting(4096, choices=(512, 1024, 2048, 4096, 8192, 16384, 32768, 65536))
     schema: str = setting("hermes", choices=("hermes", "minimal"))
     seed: int = setting(0, min=0, doc="seed of the template's synthetic content")
-    journal_mode: str = setting("WAL", choices=("WAL", "DELETE", "TRUNCATE", "PERSIST"))
+    journal_mode: str = setting("WAL", choices=("WAL", "DELETE", "TRUNCATE", "PERSIST", "MEMORY", "OFF"),
+                                doc="WAL is kept in the file; the rollback modes are set on every connection")
+    cache_size: int = setting(0, min=-1_000_000_000, max=1_000_000_000,
+                              doc="PRAGMA cache_size of every worker connection (pages, or -KiB); 0: SQLite's default")
     synchronous: str = setting("default", choices=("default", "OFF", "NORMAL", "FULL", "EXTRA"))
     mmap_size: int = setting(0, min=0, kind="bytes")
     wal_autocheckpoint: int = setting(1000, min=0)
