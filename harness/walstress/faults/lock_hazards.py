@@ -42,12 +42,13 @@ from typing import Any, Callable, ClassVar
 
 from walstress.faults.base import Fault, FaultSettings, RunControl, setting
 from walstress.faults.schedule import (
-    ActionWindows,
     ScheduledFault,
+    applies_to,
     check_roles,
     check_schedule,
-    parse_names,
     schedule_times,
+    start_counted,
+    start_thread,
     wait_for_go,
 )
 from walstress.sqlite.driver import classify_error, connect, is_sqlite_error
@@ -57,53 +58,6 @@ _FORK_CHILD_TIMEOUT_S = 2  # whole seconds (alarm); a worker must stop within 3 
 # exit codes of a fork child: what happened to its SQLite call
 _CHILD_CODES = {"ok": 0, "busy": 10, "locked": 11, "corrupt": 12, "ioerr": 13, "other": 14, "exception": 15}
 _CHILD_OUTCOMES = {code: name for name, code in _CHILD_CODES.items()}
-
-
-def _applies(roles_text: str, spec: WorkerSpec) -> bool:
-    names = parse_names(roles_text)
-    return spec.role in names or (bool(spec.group) and spec.group in names)
-
-
-def _start_thread(name: str, body: Callable[[threading.Event], None], stop: threading.Event) -> Callable[[], None]:
-    """Run body(local_stop) in a daemon thread; the returned closer stops and joins it."""
-    local = threading.Event()
-
-    def relay() -> None:  # the worker's stop also stops the hazard
-        while not local.is_set():
-            if stop.wait(0.05):
-                local.set()
-
-    thread = threading.Thread(target=body, args=(local,), name=name, daemon=True)
-    watcher = threading.Thread(target=relay, name=f"{name}-stop", daemon=True)
-    thread.start()
-    watcher.start()
-
-    def close() -> None:
-        local.set()
-        thread.join(timeout=2.0)
-        watcher.join(timeout=1.0)
-
-    return close
-
-
-def _start_counted(section: str, spec: WorkerSpec, history: Any, detail: dict[str, Any], stop: threading.Event,
-                   loop: Callable[[threading.Event, Callable[[str], None]], None]) -> Callable[[], None]:
-    """Start a hazard thread that counts its actions: after go, ``loop(local_stop, count)`` acts until
-    stopped and calls ``count(outcome)`` once per action; one ``fault`` record per second by outcome."""
-    windows = ActionWindows(history, section, spec.name, {**detail, "pid": os.getpid()})
-
-    def count(outcome: str) -> None:
-        windows.add(outcome)
-        windows.maybe_flush()
-
-    def body(local: threading.Event) -> None:
-        if wait_for_go(spec, local) is None:
-            return
-        windows._t0 = time.time()
-        loop(local, count)
-        windows.flush()
-
-    return _start_thread(f"{spec.name}-{section.replace('_', '-')}", body, stop)
 
 
 def _probe_row(spec: WorkerSpec) -> tuple[str, str, str, float]:
@@ -130,7 +84,7 @@ class LockBreakerSettings(FaultSettings):
         check_roles("lock_breaker", "roles", self.roles, scenario)
 
     def install_in_worker(self, spec: WorkerSpec, history: Any, stop: threading.Event) -> Callable[[], None] | None:
-        if not self.enabled or not _applies(self.roles, spec):
+        if not self.enabled or not applies_to(self.roles, spec):
             return None
         path = spec.db_path + ("-wal" if self.target == "wal" else "")
         interval = self.interval_ms / 1000.0
@@ -148,7 +102,7 @@ class LockBreakerSettings(FaultSettings):
                 count(outcome)
                 local.wait(interval)
 
-        return _start_counted("lock_breaker", spec, history,
+        return start_counted("lock_breaker", spec, history,
                               {"file": os.path.basename(path), "interval_ms": self.interval_ms}, stop, loop)
 
 
@@ -169,7 +123,7 @@ class ForkSettings(FaultSettings):
             raise ValueError("faults.fork.enabled: this platform has no fork()")
 
     def install_in_worker(self, spec: WorkerSpec, history: Any, stop: threading.Event) -> Callable[[], None] | None:
-        if not self.enabled or not _applies(self.roles, spec):
+        if not self.enabled or not applies_to(self.roles, spec):
             return None
         interval = self.interval_ms / 1000.0
         action, hold = self.child_action, self.hold_read
@@ -198,7 +152,7 @@ class ForkSettings(FaultSettings):
             if conn is not None:
                 conn.close()
 
-        return _start_counted("fork", spec, history, {"child_action": action, "hold_read": hold}, stop, loop)
+        return start_counted("fork", spec, history, {"child_action": action, "hold_read": hold}, stop, loop)
 
 
 def _fork_once(conn: Any, action: str, spec: WorkerSpec, stop: threading.Event) -> str:
@@ -267,7 +221,7 @@ class TwoLibrariesSettings(FaultSettings):
                              "installed: pip install 'walstress[apsw]'")
 
     def install_in_worker(self, spec: WorkerSpec, history: Any, stop: threading.Event) -> Callable[[], None] | None:
-        if not self.enabled or not _applies(self.roles, spec):
+        if not self.enabled or not applies_to(self.roles, spec):
             return None
         other = _other_driver(spec.connection.driver)
         interval = self.interval_ms / 1000.0
@@ -300,7 +254,7 @@ class TwoLibrariesSettings(FaultSettings):
             if conn is not None:
                 conn.close()
 
-        return _start_counted("two_libraries", spec, history,
+        return start_counted("two_libraries", spec, history,
                               {"driver": spec.connection.driver, "second_driver": other, "work": work,
                                "connection": self.connection}, stop, loop)
 
@@ -331,7 +285,7 @@ class WalUnlinkSettings(FaultSettings):
         return WalUnlinkFault(self, seed)
 
     def install_in_worker(self, spec: WorkerSpec, history: Any, stop: threading.Event) -> Callable[[], None] | None:
-        if not self.enabled or self.side != "worker" or not _applies(self.roles, spec):
+        if not self.enabled or self.side != "worker" or not applies_to(self.roles, spec):
             return None
         settings = self
         wal = spec.db_path + "-wal"
@@ -351,7 +305,7 @@ class WalUnlinkSettings(FaultSettings):
                                 "target": os.path.basename(wal),
                                 "detail": {**rec, "side": "worker", "worker": spec.name, "pid": os.getpid()}})
 
-        return _start_thread(f"{spec.name}-wal-unlink", body, stop)
+        return start_thread(f"{spec.name}-wal-unlink", body, stop)
 
 
 def _act_on_wal(wal: str, action: str, tag: str) -> dict[str, Any]:

@@ -22,9 +22,11 @@ record per second with the count of actions by outcome.
 
 from __future__ import annotations
 
+import os
 import random
+import threading
 import time
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from walstress.faults.base import Fault, RunControl, WorkerHandle
 from walstress.settings import parse_duration_seconds
@@ -181,3 +183,52 @@ class ActionWindows:
                                  "detail": {**self.detail, "count": count, "outcomes": dict(self._counts)}})
         self._counts = {}
         self._t0 = now
+
+
+# ------------------------------------------------------- worker-side threads
+def applies_to(roles_text: str, spec: WorkerSpec) -> bool:
+    """Is the worker of ``spec`` one of the roles or groups named in ``roles_text``?"""
+    names = parse_names(roles_text)
+    return spec.role in names or (bool(spec.group) and spec.group in names)
+
+
+def start_thread(name: str, body: Callable[[threading.Event], None], stop: threading.Event) -> Callable[[], None]:
+    """Run body(local_stop) in a daemon thread; the returned closer stops and joins it."""
+    local = threading.Event()
+
+    def relay() -> None:  # the worker's stop also stops the hazard
+        while not local.is_set():
+            if stop.wait(0.05):
+                local.set()
+
+    thread = threading.Thread(target=body, args=(local,), name=name, daemon=True)
+    watcher = threading.Thread(target=relay, name=f"{name}-stop", daemon=True)
+    thread.start()
+    watcher.start()
+
+    def close() -> None:
+        local.set()
+        thread.join(timeout=2.0)
+        watcher.join(timeout=1.0)
+
+    return close
+
+
+def start_counted(section: str, spec: WorkerSpec, history: Any, detail: dict[str, Any], stop: threading.Event,
+                   loop: Callable[[threading.Event, Callable[[str], None]], None]) -> Callable[[], None]:
+    """Start a hazard thread that counts its actions: after go, ``loop(local_stop, count)`` acts until
+    stopped and calls ``count(outcome)`` once per action; one ``fault`` record per second by outcome."""
+    windows = ActionWindows(history, section, spec.name, {**detail, "pid": os.getpid()})
+
+    def count(outcome: str) -> None:
+        windows.add(outcome)
+        windows.maybe_flush()
+
+    def body(local: threading.Event) -> None:
+        if wait_for_go(spec, local) is None:
+            return
+        windows._t0 = time.time()
+        loop(local, count)
+        windows.flush()
+
+    return start_thread(f"{spec.name}-{section.replace('_', '-')}", body, stop)
