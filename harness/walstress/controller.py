@@ -62,8 +62,10 @@ def prepare_database(template: Path, db_path: Path, scenario: Scenario) -> Templ
 
 
 def build_specs(scenario: Scenario, layout: RunLayout, facts: TemplateFacts, *, seed: int,
-                sqlite_paths: Sequence[str], pragmas: Sequence[str], storage: Storage | None = None) -> list[WorkerSpec]:
-    """One spec per worker process of the scenario."""
+                sqlite_paths: Sequence[str], pragmas: Sequence[str], storage: Storage | None = None,
+                db_path_for: Callable[[str, str, str, str], str] | None = None) -> list[WorkerSpec]:
+    """One spec per worker process of the scenario; ``db_path_for(name, role, group, path)`` may give a
+    worker another path to the database (a fault's link to it)."""
     named = scenario.worker_names()
     sharing = [settings for _, settings in named if type(settings).shares_template_rows]
     partition_total = sum(settings.threads for settings in sharing) or 1
@@ -74,6 +76,9 @@ def build_specs(scenario: Scenario, layout: RunLayout, facts: TemplateFacts, *, 
     base = 0
     for name, settings in named:
         role = ROLES.get(settings.role)
+        db_file = str(storage.worker_path(name, settings.group)) if storage is not None else str(layout.db_path)
+        if db_path_for is not None:
+            db_file = db_path_for(name, settings.role, settings.group, db_file)
         specs.append(WorkerSpec(
             name=name, role=settings.role, group=settings.group, actor=role.actor_path, settings_class=role.settings_path,
             role_file=role.module_file, settings=settings_to_dict(settings),
@@ -82,7 +87,7 @@ def build_specs(scenario: Scenario, layout: RunLayout, facts: TemplateFacts, *, 
             database_seed=scenario.database.seed, connection=connection, checkpoint=scenario.checkpoint,
             facts=facts, partition=(base, partition_total), sqlite_paths=tuple(sqlite_paths),
             python_path=python_path, faults=faults,
-            db_file=str(storage.worker_path(name, settings.group)) if storage is not None else "",
+            db_file=db_file,
         ))
         if type(settings).shares_template_rows:
             base += settings.threads
@@ -172,19 +177,22 @@ def execute_run(scenario: Scenario, run_dir: Path, template: Path, *, seed: int,
         storage.prepare()
         facts = prepare_database(template, storage.backing_path, scenario)
         storage.start()
+        if faults is not None:
+            faults.prepare_files(storage.worker_path(), layout)
         history.record({"type": "note", "t": time.time(), "msg": "database prepared",
                         "journal_mode": facts.journal_mode, "template_id_range": list(facts.id_range),
                         "pages": facts.pages})
         specs = build_specs(scenario, layout, facts, seed=seed, sqlite_paths=sqlite_paths,
-                            pragmas=faults.connection_pragmas() if faults is not None else [], storage=storage)
+                            pragmas=faults.connection_pragmas() if faults is not None else [], storage=storage,
+                            db_path_for=faults.worker_db_path if faults is not None else None)
         for spec in specs:
             pool.spawn(spec)
         pool.wait_ready(READY_TIMEOUT_SECONDS)
         run.sampler.start()
         if watch is not None:
             watch.start()
+        run.t_go = time.time()  # before the go file: nothing a worker does comes before it
         layout.go.touch()
-        run.t_go = time.time()
         history.record({"type": "go", "t": run.t_go})
         if faults is not None:
             faults.start(run)

@@ -26,8 +26,9 @@ did as ``fault`` records in the history (``name``, ``t``, ``t_end``,
 ``target``, ``detail``) so reports can shade the windows.
 
 A section may add PRAGMAs to every worker connection
-(``connection_pragmas``) and environment variables to every worker process
-(``worker_env``).
+(``connection_pragmas``), environment variables to every worker process
+(``worker_env``), files next to the database before the workers start
+(``prepare_files``) and another path to open it by (``worker_db_path``).
 
 Worker side, each worker process calls :func:`worker_hooks` with its spec;
 sections may implement ``install_in_worker(spec, history, stop)`` (start a
@@ -127,6 +128,14 @@ class FaultSettings:
         """PRAGMAs every worker connection runs after the scenario's own (e.g. faults.fsync's fullfsync)."""
         return []
 
+    def prepare_files(self, db_path: Path, layout: RunLayout) -> None:
+        """Before any worker starts, with the run's database in place (e.g. make a link to it)."""
+        return None
+
+    def worker_db_path(self, name: str, role: str, group: str, path: str) -> str | None:
+        """The path a worker opens the database by, when not ``path`` (e.g. through a link); None: ``path``."""
+        return None
+
     def acts_on_connections(self, scenario: Any) -> bool:
         """Whether this section acts through the connections walstress opens (its VFS shim), and so cannot
         reach connections that user code opens on its own."""
@@ -183,6 +192,17 @@ class FaultPlan:
         for section in self.sections.values():
             pragmas.extend(section.connection_pragmas())
         return pragmas
+
+    def prepare_files(self, db_path: Path, layout: RunLayout) -> None:
+        for section in self.sections.values():
+            section.prepare_files(db_path, layout)
+
+    def worker_db_path(self, name: str, role: str, group: str, path: str) -> str:
+        for section in self.sections.values():
+            other = section.worker_db_path(name, role, group, path)
+            if other:
+                path = other
+        return path
 
     def worker_env(self, worker_name: str, role: str) -> dict[str, str]:
         env: dict[str, str] = {}
