@@ -308,7 +308,7 @@ def integrity_findings(integrity: dict, check: str = "integrity") -> list[Findin
     objects = integrity.get("damaged_objects") or sorted(fts_bad)
     lines = integrity.get("named_messages") or integrity.get("messages") or [""]
     first = next((line for line in lines if not line.startswith("*** in database")), lines[0]).strip()
-    if not first and fts_bad:
+    if first in ("", "ok") and fts_bad:  # integrity_check passed; an FTS5 check did not
         name = next(iter(fts_bad))
         first = f"{name}: {fts_bad[name]}"
     where = f" in {', '.join(objects[:4])}" if objects else ""

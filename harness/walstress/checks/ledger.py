@@ -86,8 +86,11 @@ class LedgerResult:
         return data
 
 
-def expected_states(ledger: Ledger) -> tuple[dict[Ref, Expected], set[Ref]]:
-    """ref -> the state acknowledged changes leave; and the refs whose last change is indeterminate."""
+def expected_states(ledger: Ledger, until: float | None = None) -> tuple[dict[Ref, Expected], set[Ref]]:
+    """ref -> the state acknowledged changes leave; and the refs whose last change is indeterminate.
+
+    With ``until`` (a copy of the database taken at that time): only changes acknowledged before it,
+    and no row that any change touched from then on (it may be in the copy in either state)."""
     # Order by the P line: it is written while the writer holds SQLite's write lock (after
     # BEGIN IMMEDIATE, before COMMIT), so P times follow commit order. The A line comes after
     # the lock is released, and a preempted thread may write it after a later commit's A.
@@ -95,9 +98,16 @@ def expected_states(ledger: Ledger) -> tuple[dict[Ref, Expected], set[Ref]]:
                     key=lambda e: e[0])
     expected: dict[Ref, Expected] = {}
     indeterminate: set[Ref] = set()
+    late: set[Ref] = set()
+    if until is not None:
+        late = {op.ref for txn in ledger.transactions if txn.state != "failed"
+                and (txn.state != "acked" or txn.t_end is None or txn.t_end >= until or txn.t_prepare >= until)
+                for op in txn.ops}
     for _, txn in events:
         for op in txn.ops:
             ref = op.ref
+            if ref in late:
+                continue
             if txn.state == "acked":
                 expected[ref] = Expected(op.table, op.key, op.deletes, None if op.deletes else op.crc, op.cols)
                 indeterminate.discard(ref)
@@ -178,7 +188,7 @@ def _quote(name: str) -> str:
 
 
 def check_ledger(db_path: str | Path, ledger_dir: str | Path, *, verify: Verify | None = None,
-                 template: str | Path | None = None) -> LedgerResult:
+                 template: str | Path | None = None, until: float | None = None) -> LedgerResult:
     """Read every acknowledged row back; a row found with other values is also compared with the
     earlier acknowledged versions of it and with the ``template`` the run started from (a *stale*
     row: an older version came back)."""
@@ -191,7 +201,7 @@ def check_ledger(db_path: str | Path, ledger_dir: str | Path, *, verify: Verify 
             result.failed_transactions += 1
         else:
             result.indeterminate_transactions += 1
-    expected, indeterminate = expected_states(ledger)
+    expected, indeterminate = expected_states(ledger, until)
     result.indeterminate_ids = sorted(indeterminate, key=_sort_key)
     result.acked_writes = len(expected)
     result.tables = sorted({exp.table for exp in expected.values()})

@@ -14,7 +14,7 @@ adds a cause rule (``CAUSE_HOOKS``, see ``checks/causes.py``).
 
 from __future__ import annotations
 
-from walstress.faults import fsync, lock_hazards, power_loss, process, throttle, vfs
+from walstress.faults import fsync, lock_hazards, mishandling, power_loss, process, throttle, vfs
 import dataclasses
 from typing import Callable
 
@@ -26,10 +26,12 @@ from walstress.settings import Registry
 FAULTS: Registry[type[FaultSettings]] = Registry("fault section")
 JudgeHook = Callable[[RunEvidence], list[Finding]]
 JUDGE_HOOKS: list[JudgeHook] = [vfs.judge_shim, vfs.judge_io_errors, throttle.judge_throttle,
-                                 power_loss.judge_power_loss]
+                                 power_loss.judge_power_loss, mishandling.judge_backup_copies]
 # Cause rules of faults (``checks/causes.py``), by the cause id they name: tried before the
 # built-in ones, in registration order.
 CAUSE_HOOKS: Registry[CauseRule] = Registry("cause")
+for _cause, _rule in mishandling.CAUSES.items():
+    CAUSE_HOOKS.register(_cause, _rule)
 
 
 def register_fault(cls: type[FaultSettings]) -> type[FaultSettings]:
@@ -52,3 +54,8 @@ register_fault(vfs.IoErrorSettings)
 register_fault(throttle.ThrottleSettings)
 register_fault(fsync.FsyncSettings)
 register_fault(power_loss.PowerLossSettings)
+register_fault(mishandling.BackupCopySettings)
+register_fault(mishandling.JournalTamperSettings)
+register_fault(mishandling.DbAliasSettings)
+register_fault(mishandling.DbReplaceSettings)
+register_fault(mishandling.StrayWriteSettings)
