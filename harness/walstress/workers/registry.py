@@ -10,7 +10,7 @@ actor from the module (or file) that defines it.
 from __future__ import annotations
 
 from walstress.settings import Registry
-from walstress.workers import checkpointer, opener, python, reader, sql, walrace, writer
+from walstress.workers import checkpointer, ddl, opener, python, reader, sql, walrace, writer
 from walstress.workers.base import Role
 
 ROLES: Registry[Role] = Registry("role")
@@ -27,3 +27,5 @@ register_role(opener.ROLE)
 register_role(walrace.ROLE)
 register_role(python.ROLE)
 register_role(sql.ROLE)
+register_role(ddl.SCHEMA_ROLE)
+register_role(ddl.MODE_ROLE)
