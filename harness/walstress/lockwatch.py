@@ -415,7 +415,10 @@ class LockWatch(threading.Thread):
             count = self._split_pending.get(db_key, (seen, 0))
             count = (seen, count[1] + 1 if count[0] == seen else 1)
             self._split_pending[db_key] = count
-            if count[1] < CONFIRM_SAMPLES:
+            names = {path.removesuffix(_DELETED) for path, _ in shms.values()}
+            # two -shm *names* for one file cannot come from timing (a name is the database's name plus
+            # "-shm"): a link. One name, two files (one deleted) can, for an instant: two samples then.
+            if len(names) < 2 and count[1] < CONFIRM_SAMPLES:
                 continue
             self._split_seen[db_key] = seen
             shm_files = {path: sorted(workers) for path, workers in shms.values()}
