@@ -161,9 +161,11 @@ def stress(session: nox.Session) -> None:
 
 
 def reproductions() -> list[Path]:
-    """Every shipped scenario but smoke, and every example's scenarios; each declares its own expect."""
+    """Every shipped scenario but smoke, the mechanisms of "How To Corrupt", and every example's scenarios;
+    each declares its own expect."""
     shipped = sorted(p for p in SCENARIOS.glob("*.toml") if p.name != SMOKE.name)
-    return shipped + sorted((ROOT / "examples").glob("*/*.toml"))
+    mechanisms = sorted((SCENARIOS / "mechanisms").glob("*.toml"))
+    return shipped + mechanisms + sorted((ROOT / "examples").glob("*/*.toml"))
 
 
 def _cell_lines(data: dict) -> list[tuple[str, str, str, bool]]:
@@ -263,7 +265,7 @@ def bench(session: nox.Session) -> None:
         session.log(f"PASSIVE / TRUNCATE write throughput: {ratios['write_ops_passive_over_truncate']}")
     root.mkdir(parents=True, exist_ok=True)
     overhead = root / "overhead.json"
-    session.run("python", "-m", "walstress.bench", "--out", str(overhead))
+    session.run("python", "-m", "walstress.bench", "--lock-watch", "--out", str(overhead))
     ratios["harness_over_bare"] = json.loads(overhead.read_text())["harness_over_bare"]
     session.log(f"harness / bare write loop: {ratios['harness_over_bare']}")
     (root / "bench.json").write_text(json.dumps({"runs": rows, "ratios": ratios}, indent=1) + "\n")
