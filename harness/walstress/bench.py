@@ -11,7 +11,9 @@ COMMIT) two ways:
               (one unbuffered write before and one after each COMMIT)
 
 and reports the transactions per second of each block and the ratio of the
-medians (harness / bare). Blocks alternate so that a machine's drift hits
+medians (harness / bare). ``--lock-watch`` adds the lock watch's cost: its
+thread's share of a core with 8 workers at 20 Hz, and the workload's commits
+per second with it on over off. Blocks alternate so that a machine's drift hits
 both sides alike; a ratio is taken in one run, never across runs.
 """
 
@@ -186,6 +188,38 @@ def measure_ledger_api(*, transactions: int = 300, blocks: int = 5, pages: int =
     }
 
 
+def measure_lock_watch(*, seconds: float = 10.0, blocks: int = 4, hz: float = 20.0, pages: int = 2000,
+                       cache_dir: str | Path | None = None) -> dict[str, Any]:
+    """The lock watch's own cost with 8 workers (4 writers, 2 readers, 2 openers): its thread's CPU time
+    over its wall time (share of one core), and the workload's commits per second with the watch on
+    over off, in alternating runs of one matrix (on, off, on, off ...)."""
+    from walstress.runner import run_scenario
+
+    data = {"name": "bench-lock-watch", "seed": 5, "duration": seconds, "repeat": 1, "expect": "any",
+            "database": {"schema": "minimal", "pages": pages, "busy_timeout_ms": 2000},
+            "checkpoint": {"mode": "PASSIVE", "every_writes": 100},
+            "workers": [{"role": "writer", "count": 4}, {"role": "reader", "count": 2},
+                        {"role": "opener", "count": 2, "pause_ms": 10}],
+            "lock_watch": {"hz": hz}}
+    shares: list[float] = []
+    rates: dict[str, list[float]] = {"on": [], "off": []}
+    with tempfile.TemporaryDirectory(prefix="walstress-bench-lw-") as tmp:
+        for block in range(blocks):
+            for side in ("on", "off") if block % 2 == 0 else ("off", "on"):
+                scenario = scenario_from_dict({**data, "lock_watch": {"hz": hz if side == "on" else 0}})
+                result = run_scenario(scenario, Path(tmp) / f"{block}-{side}", cache_dir=cache_dir)
+                run = result["cells"][0]["results"][0]
+                rates[side].append(run["writes"]["acked_transactions"] / max(run["duration_s"], 1e-9))
+                if side == "on" and run.get("lock_watch"):
+                    shares.append(run["lock_watch"]["core_share"])
+    on, off = statistics.median(rates["on"]), statistics.median(rates["off"])
+    return {"workers": 8, "hz": hz, "seconds": seconds, "blocks": blocks,
+            "core_share_median": round(statistics.median(shares), 5) if shares else None,
+            "core_share_max": round(max(shares), 5) if shares else None,
+            "commits_per_s_on": round(on, 1), "commits_per_s_off": round(off, 1),
+            "on_over_off": round(on / off, 3) if off else None}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m walstress.bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--transactions", type=int, default=300)
@@ -193,11 +227,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pages", type=int, default=2000)
     parser.add_argument("--cache-dir")
     parser.add_argument("--out", help="write the result as JSON to this file")
+    parser.add_argument("--lock-watch", action="store_true", help="also measure the lock watch (8 workers, "
+                                                                  "alternating runs with it on and off)")
     args = parser.parse_args(argv)
     result = measure_overhead(pages=args.pages, transactions=args.transactions, blocks=args.blocks,
                               cache_dir=args.cache_dir)
     result["ledger_api"] = measure_ledger_api(transactions=args.transactions, blocks=args.blocks,
                                               cache_dir=args.cache_dir)
+    if args.lock_watch:
+        result["lock_watch"] = measure_lock_watch(cache_dir=args.cache_dir)
     text = json.dumps(result, indent=1)
     print(text)
     if args.out:

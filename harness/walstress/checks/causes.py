@@ -68,7 +68,9 @@ class Damage:
     def before(self, t: float) -> str:
         """", 0.42 s before the first corruption error" / ", before the checks at the end found the damage"."""
         if self.first_error_t is not None:
-            return f", {self.first_error_t - t:.2f} s before the first corruption error"
+            gap = self.first_error_t - t
+            return f", {gap * 1000:.0f} ms before the first corruption error" if gap < 0.1 else \
+                f", {gap:.2f} s before the first corruption error"
         return ", before the checks at the end found the damage"
 
 
