@@ -77,6 +77,9 @@ def test_two_libraries_explain_the_lock_loss_of_their_process(tmp_path):
     assert [c["id"] for c in out["causes"]] == ["two_libraries", "lock_lost"]
     assert "two SQLite libraries mapped" in out["cause"]["sentence"]
     assert "lost its locks on state.db at 1.00 s, 2.00 s before the first corruption error" in out["cause"]["sentence"]
+    # a loss seen only after the first error still shows the mechanism at work in that process
+    late = evidence(tmp_path, [libs, corruption_error(0.8), lock_lost(1.0), WATCHED])
+    assert attribute(late, "corrupt")["cause"]["id"] == "two_libraries"
     # the same process kept its locks while the watch looked: the libraries are not named the cause
     kept = evidence(tmp_path, [libs, lock_lost(1.0, worker="opener-0", pid=12), corruption_error(3.0), WATCHED])
     assert attribute(kept, "corrupt")["cause"]["id"] == "lock_lost"
@@ -97,12 +100,18 @@ def test_wal_reset_race_versions(version, affected):
 
 
 def test_stale_rows_with_integrity_ok_name_the_wal_reset_race_only_on_an_affected_version(tmp_path):
-    results = {"integrity": {"ok": True, "zero_pages": []}, "ledger": {"stale_rows": 3}}
+    results = {"integrity": {"ok": True, "zero_pages": []}, "ledger": {"stale_rows": 3, "changed_rows": 3}}
     race = attribute(evidence(tmp_path, [WATCHED], results=results, versions=("3.51.2",)), "lost-writes")
     assert race["cause"]["id"] == "wal_reset_race" and "SQLite 3.51.2" in race["cause"]["sentence"]
     fixed = attribute(evidence(tmp_path, [WATCHED], results=results, versions=("3.51.3",)), "lost-writes")
     assert fixed["cause"]["id"] == "stale_rows"
     assert "mechanism is not told" in fixed["cause"]["sentence"]
+    # a row of mixed versions (an overflow chain half from before the commit) is the race's work too
+    mixed = {"integrity": {"ok": True}, "ledger": {"stale_rows": 0, "changed_rows": 1}}
+    out = attribute(evidence(tmp_path, [WATCHED], results=mixed, versions=("3.51.2",)), "lost-writes")
+    assert out["cause"]["id"] == "wal_reset_race" and "1 mixed" in out["cause"]["sentence"]
+    assert attribute(evidence(tmp_path, [WATCHED], results=mixed, versions=("3.54.1",)),
+                     "lost-writes")["cause"]["id"] == "unknown"
 
 
 def power(synchronous: str, lost: int, after: int) -> dict:

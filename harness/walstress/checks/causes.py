@@ -19,8 +19,9 @@ error when a worker saw one, else before the checks at the run's end.
     sync_not_honoured  a power cut on storage that acknowledged fsync without writing through
     no_journal         a crash with journal_mode=OFF or MEMORY: nothing to roll back from
     unsynced_loss      a power cut with synchronous=OFF (or NORMAL, losses after the last sync)
-    wal_reset_race     acknowledged rows came back in an older version, integrity ok, on a
-                       SQLite with the WAL-reset race (3.7.0 - 3.51.2, less the backports)
+    wal_reset_race     acknowledged rows came back older or mixed (pages from before their commit),
+                       integrity ok, on a SQLite with the WAL-reset race (3.7.0 - 3.51.2, less the
+                       backports)
     zero_filled_pages  b-tree pages of the final file are all zeros
     stale_rows         acknowledged rows came back in an older version (mechanism not told)
     unknown            none of the above
@@ -140,10 +141,14 @@ def has_wal_reset_race(version: str) -> bool:
 
 # --------------------------------------------------------------------- rules
 def _two_libraries(run: RunEvidence, damage: Damage) -> Cause | None:
-    seen = events(run, "two_libraries")
+    """Two libraries mapped before the damage, in a process the watch saw lose its locks (at any time:
+    the loss shows the mechanism at work there; the libraries were in place before the damage)."""
+    seen = [r for r in events(run, "two_libraries") if r["t"] <= damage.deadline]
     if not seen:
         return None
-    lost = {r.get("pid"): r for r in events(run, "lock_lost") if r["t"] <= damage.deadline}
+    lost: dict[Any, dict[str, Any]] = {}
+    for rec in events(run, "lock_lost"):
+        lost.setdefault(rec.get("pid"), rec)
     watched = lock_watch_ran(run)
     for rec in seen:
         loss = lost.get(rec.get("pid"))
@@ -156,10 +161,10 @@ def _two_libraries(run: RunEvidence, damage: Damage) -> Cause | None:
         evidence = [rec.get("msg", "")]
         t = rec["t"]
         if loss is not None:
-            sentence += f"; it lost its locks on {_name(loss.get('file', ''))} at {damage.at(loss['t'])}" \
-                        f"{damage.before(loss['t'])}"
+            when = damage.before(loss["t"]) if loss["t"] <= damage.deadline else ""
+            sentence += f"; it lost its locks on {_name(loss.get('file', ''))} at {damage.at(loss['t'])}{when}"
             evidence.append(loss.get("msg", ""))
-            t = loss["t"]
+            t = min(t, loss["t"])
         return Cause("two_libraries", "two SQLite libraries in one process", sentence + ".", evidence, t)
     return None
 
@@ -263,18 +268,23 @@ def _stale(run: RunEvidence) -> int:
 
 
 def _wal_reset_race(run: RunEvidence, damage: Damage) -> Cause | None:
-    stale = _stale(run)
+    ledger = run.results.get("ledger") or {}
+    changed, stale = int(ledger.get("changed_rows") or 0), _stale(run)
     integrity = run.results.get("integrity") or {}
-    if not stale or not integrity.get("ok") or damage.verdict != "lost-writes" or _power(run):
+    if not changed or not integrity.get("ok") or damage.verdict != "lost-writes" or _power(run):
         return None
     affected = [v for v in _worker_versions(run) if has_wal_reset_race(v)]
     if not affected:
         return None
+    mixed = changed - stale
+    what = f"{stale} in an older version" if not mixed else (
+        f"{stale} in an older version, {mixed} mixed (some of their pages from before the commit)" if stale
+        else f"{mixed} mixed (some of their pages from before the commit)")
     return Cause("wal_reset_race", "WAL-reset race",
-                 f"{stale} acknowledged rows came back in an older version while integrity_check says ok, on SQLite "
+                 f"{changed} acknowledged rows came back {what} while integrity_check says ok, on SQLite "
                  f"{', '.join(affected)}, which has the WAL-reset race (3.7.0 - 3.51.2; fixed in 3.51.3, 3.50.7 and "
                  "3.44.6): a checkpoint recorded a stale frame count and skipped a new WAL generation's frames.",
-                 [f"{stale} stale rows", "integrity ok", f"SQLite {', '.join(affected)}"])
+                 [f"{changed} rows changed ({stale} stale)", "integrity ok", f"SQLite {', '.join(affected)}"])
 
 
 def _zero_pages(run: RunEvidence, damage: Damage) -> Cause | None:

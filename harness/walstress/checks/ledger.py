@@ -69,6 +69,7 @@ class LedgerResult:
     error: str | None = None       # the database could not be read back (damage, or a lock)
     key_errors: list[str] = field(default_factory=list)  # ledger entries that do not fit the schema
     stale_rows: int = 0            # lost rows that hold an older version of themselves (earlier or template)
+    changed_rows: int = 0          # lost rows found with other values (stale ones included)
 
     @property
     def lost(self) -> int:
@@ -280,6 +281,7 @@ def _changed_rows(result: LedgerResult, changed: list[tuple[Expected, Any]], led
                 conn.close()
         except (sqlite3.Error, KeyError_):
             original = {}
+    result.changed_rows += len(changed)
     for exp, actual in changed:
         if actual in earlier.get(exp.ref, ()):
             _lost(result, exp, f"checksum {actual}: an earlier acknowledged version", stale="earlier")

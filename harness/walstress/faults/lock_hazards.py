@@ -37,6 +37,7 @@ import random
 import signal
 import threading
 import time
+from importlib import import_module
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
 
@@ -224,6 +225,9 @@ class TwoLibrariesSettings(FaultSettings):
         if not self.enabled or not applies_to(self.roles, spec):
             return None
         other = _other_driver(spec.connection.driver)
+        # loaded now, as an application that uses both has them from its start (and the lock watch's
+        # first reading of the worker's memory map sees both)
+        import_module("apsw" if other == "apsw" else "sqlite3")
         interval = self.interval_ms / 1000.0
         per_op = self.connection == "per-op"
         work = self.work
