@@ -254,3 +254,34 @@ def test_watch_sees_one_database_used_with_two_wals_through_a_hard_link(tmp_path
     (split,) = of(records, "split_wal")
     assert sorted(Path(p).name for p in split["shm_files"]) == ["linked.db-shm", "linked.db.alias-shm"]
     assert watch.returncode == 1 and not of(records, "lock_lost")
+
+
+def test_a_users_own_python_worker_is_watched_like_a_built_in_one(tmp_path, cache_dir):
+    """Your code, opening its own connection with the stdlib and breaking its locks with a plain
+    open()/close() of the database file: the run's lock watch names your worker."""
+    from walstress import run
+
+    (tmp_path / "mine.py").write_text(textwrap.dedent("""\
+        import sqlite3, time
+
+        def work(ctx):
+            conn = sqlite3.connect(ctx.db_path, isolation_level=None, timeout=5)
+            conn.execute("SELECT count(*) FROM messages").fetchone()
+            with open(ctx.db_path, "rb") as handle:   # a config check, a checksum, a backup: any close()
+                handle.read(100)
+            n = 0
+            while not ctx.stop.is_set():
+                conn.execute("UPDATE messages SET content = content WHERE id = ?", (1 + n % 50,))
+                n += 1
+                time.sleep(0.01)
+            conn.close()
+    """))
+    scenario = {"name": "mine", "duration": "2s", "expect": "any",
+                "database": {"schema": "minimal", "pages": 300},
+                "workers": [{"role": "writer", "count": 1},
+                            {"role": "python", "entry": str(tmp_path / "mine.py") + ":work",
+                             "connections": "own", "count": 1}]}
+    res = run(scenario, tmp_path / "out", cache_dir=cache_dir).runs[0]
+    lost = res["lock_watch"]["lock_lost"]
+    assert [e["worker"] for e in lost] == ["python-0"], res["lock_watch"]
+    assert lost[0]["which"] == "database"
