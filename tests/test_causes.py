@@ -133,7 +133,11 @@ def test_a_power_cut_names_unsynced_loss_only_where_sqlite_did_not_promise_durab
 def test_no_journal_and_a_crash(tmp_path):
     records = [{"type": "fault", "name": "kill", "t": GO + 2.0}, WATCHED]
     out = attribute(evidence(tmp_path, records, scenario={"database": {"journal_mode": "OFF"}}), "corrupt")
-    assert out["cause"]["id"] == "no_journal" and "journal_mode=OFF" in out["cause"]["sentence"]
+    assert out["cause"]["id"] == "no_journal" and "A crash at 2.00 s with journal_mode=OFF" in out["cause"]["sentence"]
+    # damage before any crash: the journal mode is still what the evidence points at, and says so
+    early = attribute(evidence(tmp_path, [corruption_error(0.01), *records],
+                               scenario={"database": {"journal_mode": "MEMORY"}}), "corrupt")
+    assert early["cause"]["id"] == "no_journal" and "came before any crash" in early["cause"]["sentence"]
 
 
 def test_zero_filled_pages_are_found_in_a_real_file(tmp_path):

@@ -93,7 +93,7 @@ def test_a_database_opened_through_a_link(kind, tmp_path, cache_dir):
         assert splits and sorted(Path(p).name for p in splits[0]["shm_files"]) == ["state-alias.db-shm",
                                                                                     "state.db-shm"]
         if res["verdict"] in DAMAGED:
-            assert res["cause"]["id"] == "split_wal"
+            assert res["cause"]["id"] == "db_alias"
     else:  # SQLite follows the link: one -wal, one -shm
         assert not splits and not (db_dir / "state-alias.db-wal").exists()
         assert res["verdict"] == "clean", res["reason"]

@@ -17,7 +17,7 @@ error when a worker saw one, else before the checks at the run's end.
     split_wal          one database file used with two different -shm (so two -wal) files
     deleted_wal        a worker kept using a -wal/-shm/-journal (or database) that was deleted
     sync_not_honoured  a power cut on storage that acknowledged fsync without writing through
-    no_journal         a crash with journal_mode=OFF or MEMORY: nothing to roll back from
+    no_journal         journal_mode=OFF or MEMORY (with a crash before the damage, or without)
     unsynced_loss      a power cut with synchronous=OFF (or NORMAL, losses after the last sync)
     wal_reset_race     acknowledged rows came back older or mixed (pages from before their commit),
                        integrity ok, on a SQLite with the WAL-reset race (3.7.0 - 3.51.2, less the
@@ -236,12 +236,17 @@ def _no_journal(run: RunEvidence, damage: Damage) -> Cause | None:
     if mode not in ("OFF", "MEMORY"):
         return None
     crashes = [t for t in _crash_times(run) if t <= damage.deadline]
-    if not crashes:
-        return None
-    return Cause("no_journal", f"journal_mode={mode} and a crash",
-                 f"A crash at {damage.at(crashes[0])} with journal_mode={mode}: a transaction cut in the middle "
-                 "has no journal on disk to be rolled back from.",
-                 [f"journal_mode={mode}", f"{len(crashes)} crash(es)"], crashes[0])
+    title = f"journal_mode={mode}"
+    if crashes:
+        return Cause("no_journal", f"{title} and a crash",
+                     f"A crash at {damage.at(crashes[0])} with journal_mode={mode}: a transaction cut in the middle "
+                     "has no journal on disk to be rolled back from.",
+                     [f"journal_mode={mode}", f"{len(crashes)} crash(es) before the damage"], crashes[0])
+    first = damage.at(damage.first_error_t) if damage.first_error_t is not None else "the end of the run"
+    return Cause("no_journal", title,
+                 f"journal_mode={mode}: changes reach the database file with no rollback journal on disk; the damage "
+                 f"(first seen at {first}) came before any crash.", [f"journal_mode={mode}", "no crash before the "
+                                                                     "damage"])
 
 
 def _unsynced_loss(run: RunEvidence, damage: Damage) -> Cause | None:

@@ -378,12 +378,15 @@ def alias_cause(run: RunEvidence, damage: Damage) -> Cause | None:
     settings = (run.scenario.get("faults") or {}).get("db_alias") or {}
     if not settings.get("enabled") or settings.get("kind") != "hardlink":
         return None
-    if any(r.get("type") == "split_wal" for r in run.records):
-        return None  # the lock watch saw the two WAL indexes: its cause says more
+    splits = [r for r in run.records if r.get("type") == "split_wal"]
+    evidence = [f"faults.db_alias: {settings.get('kind')} for {settings.get('roles')}"]
+    if splits:
+        evidence.append(splits[0].get("msg", ""))
     return Cause("db_alias", "one database under two names",
                  f"The workers of {settings.get('roles')} opened the database through a hard link: SQLite names "
-                 "the -wal and -shm after the name it is given, so they had a WAL of their own.",
-                 [f"faults.db_alias: {settings.get('kind')} for {settings.get('roles')}"])
+                 "the -wal and -shm after the name it is given, so they had a WAL of their own"
+                 + (f" (the lock watch saw the two -shm files from {splits[0]['t'] - (run.t_go or 0):.2f} s)"
+                    if splits else "") + ".", evidence)
 
 
 # ------------------------------------------------------------------- db replace
