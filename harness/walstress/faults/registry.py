@@ -14,7 +14,7 @@ adds a cause rule (``CAUSE_HOOKS``, see ``checks/causes.py``).
 
 from __future__ import annotations
 
-from walstress.faults import fsync, lock_hazards, mishandling, power_loss, process, throttle, vfs
+from walstress.faults import fsync, lock_hazards, mishandling, power_loss, process, throttle, trace, vfs
 import dataclasses
 from typing import Callable
 
@@ -59,3 +59,4 @@ register_fault(mishandling.JournalTamperSettings)
 register_fault(mishandling.DbAliasSettings)
 register_fault(mishandling.DbReplaceSettings)
 register_fault(mishandling.StrayWriteSettings)
+register_fault(trace.CrashTraceSettings)

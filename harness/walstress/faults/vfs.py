@@ -61,6 +61,7 @@ from walstress.runspec import WorkerSpec
 SHIM_VFS_NAME = "walstress-shim"
 
 UNDO_MAGIC = b"WSU1"
+TRACE_MAGIC = b"WST1"
 UNDO_HEADER = struct.Struct("<4sBxHqqqqI")
 KIND_NAME, KIND_WRITE, KIND_TRUNCATE, KIND_SYNC, KIND_DELETE = 1, 2, 3, 4, 5
 KIND_LETTERS = {KIND_NAME: "N", KIND_WRITE: "W", KIND_TRUNCATE: "T", KIND_SYNC: "S", KIND_DELETE: "D"}
@@ -238,6 +239,61 @@ class UndoWriter:
             self._seen_stamp[fid] = self._read_stamp(fid)
 
 
+class TraceWriter:
+    """This process's I/O trace for the crash explorer (``crash/``): every write with the bytes it puts
+    down, every truncate, every completed sync and delete of a file of the database folder, in the undo
+    log's record format with the magic ``WST1``: W a = offset, b = length, data = the new bytes; T a = new
+    size; S a = size when the sync began, ns = when it began, b = when it ended; c = wall-clock ns for
+    every record."""
+
+    def __init__(self, folder: Path, worker: str, tracked_dir: Path):
+        folder.mkdir(parents=True, exist_ok=True)
+        self.path = folder / f"{worker}-{os.getpid()}.trace"
+        self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self.tracked_dir = str(Path(tracked_dir).resolve())
+        self._lock = threading.Lock()
+        self._ids: dict[str, int] = {}
+        self.records = 0
+        self.bytes = 0
+
+    def tracks(self, path: str | None) -> bool:
+        return bool(path) and os.path.dirname(os.path.abspath(str(path))) == self.tracked_dir
+
+    def file_id(self, path: str) -> int:
+        path = os.path.abspath(path)
+        with self._lock:
+            fid = self._ids.get(path)
+            if fid is None:
+                fid = self._ids[path] = len(self._ids) + 1
+                self._emit(KIND_NAME, fid, time.monotonic_ns(), 0, 0, path.encode())
+            return fid
+
+    def _emit(self, kind: int, fid: int, ns: int, a: int, b: int, data: bytes = b"") -> None:
+        buf = UNDO_HEADER.pack(TRACE_MAGIC, kind, fid, ns, a, b, time.time_ns(), len(data)) + bytes(data)
+        view = memoryview(buf)
+        while view:
+            view = view[os.write(self.fd, view):]
+        self.records += 1
+        self.bytes += len(buf)
+
+    def write(self, fid: int, offset: int, data: Any) -> None:
+        with self._lock:
+            self._emit(KIND_WRITE, fid, time.monotonic_ns(), offset, len(data), bytes(data))
+
+    def truncate(self, fid: int, size: int) -> None:
+        with self._lock:
+            self._emit(KIND_TRUNCATE, fid, time.monotonic_ns(), size, 0)
+
+    def synced(self, fid: int, began_ns: int, size: int) -> None:
+        with self._lock:
+            self._emit(KIND_SYNC, fid, began_ns, size, time.monotonic_ns())
+
+    def deleted(self, path: str) -> None:
+        fid = self.file_id(path)
+        with self._lock:
+            self._emit(KIND_DELETE, fid, time.monotonic_ns(), 0, 0)
+
+
 @dataclass
 class UndoRecord:
     kind: str
@@ -252,8 +308,8 @@ class UndoRecord:
     seq: int             # position in its log
 
 
-def read_undo_log(path: Path) -> Iterator[UndoRecord]:
-    """Records of one undo log; a torn last record is dropped."""
+def read_undo_log(path: Path, magic: bytes = UNDO_MAGIC) -> Iterator[UndoRecord]:
+    """Records of one undo log (or, with ``TRACE_MAGIC``, one trace); a torn last record is dropped."""
     names: dict[int, str] = {}
     with open(path, "rb") as handle:
         data = handle.read()
@@ -261,8 +317,8 @@ def read_undo_log(path: Path) -> Iterator[UndoRecord]:
     seq = 0
     size = UNDO_HEADER.size
     while pos + size <= len(data):
-        magic, kind, fid, ns, a, b, c, n = UNDO_HEADER.unpack_from(data, pos)
-        if magic != UNDO_MAGIC or pos + size + n > len(data):
+        found, kind, fid, ns, a, b, c, n = UNDO_HEADER.unpack_from(data, pos)
+        if found != magic or pos + size + n > len(data):
             break
         start = pos + size
         if kind == KIND_NAME:
@@ -337,6 +393,7 @@ class ShimState:
         self.rng = random.Random(0)
         self.throttle: SharedThrottle | None = None
         self.undo: UndoWriter | None = None
+        self.trace: TraceWriter | None = None
         self.cut: CheckpointCut | None = None
         self.stats: Counter = Counter()
         self.delay_ns: Counter = Counter()
@@ -365,6 +422,9 @@ class ShimState:
         if self.undo is not None:
             out["undo_records"] = self.undo.records
             out["undo_bytes"] = self.undo.bytes
+        if self.trace is not None:
+            out["trace_records"] = self.trace.records
+            out["trace_bytes"] = self.trace.bytes
         out["features"] = sorted(set(self.installed_by))
         return out
 
@@ -484,6 +544,8 @@ def _make_vfs(state: ShimState) -> Any:
             self.is_wal = bool(flags[0] & _OPEN_WAL)
             undo = state.undo
             self.fid = undo.file_id(path) if undo is not None and undo.tracks(path) else 0
+            trace = state.trace
+            self.tid = trace.file_id(path) if trace is not None and trace.tracks(path) else 0
             self.base = _Base(self, ShimFile)
 
         def _delay(self, key: str, seconds: float) -> None:
@@ -527,6 +589,8 @@ def _make_vfs(state: ShimState) -> Any:
             undo = state.undo  # set before any file it tracks is opened (fid != 0), never unset
             if self.fid and undo is not None:
                 undo.before_write(self.fid, self.base, offset, length)
+            if self.tid and state.trace is not None:
+                state.trace.write(self.tid, offset, data)
             super().xWrite(data, offset)
             if self.is_main_db and state.cut is not None:
                 state.cut.after_db_write(offset)
@@ -537,6 +601,8 @@ def _make_vfs(state: ShimState) -> Any:
             undo = state.undo
             if self.fid and undo is not None:
                 undo.before_truncate(self.fid, self.base, newsize)
+            if self.tid and state.trace is not None:
+                state.trace.truncate(self.tid, newsize)
             super().xTruncate(newsize)
 
         def xSync(self, flags: int) -> None:
@@ -553,12 +619,16 @@ def _make_vfs(state: ShimState) -> Any:
                     time.sleep(seconds)
                     state.add_delay("sync", seconds)
             undo = state.undo
+            trace_began = time.monotonic_ns()
+            size = self.base.size() if self.tid else 0
             if self.fid and undo is not None:
                 began = undo.sync_begin(self.fid, self.base)
                 super().xSync(flags)
                 undo.sync_end(self.fid, began)
             else:
                 super().xSync(flags)
+            if self.tid and state.trace is not None:
+                state.trace.synced(self.tid, trace_began, size)
             state.add("syncs_done")
 
     class ShimVFS(apsw.VFS):
@@ -572,6 +642,9 @@ def _make_vfs(state: ShimState) -> Any:
             undo = state.undo
             if undo is not None and undo.tracks(filename):
                 undo.deleted(filename)
+            trace = state.trace
+            if trace is not None and trace.tracks(filename):
+                trace.deleted(filename)
             state.add("deletes")
             return super().xDelete(filename, syncdir)
 
