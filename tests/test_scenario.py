@@ -31,7 +31,7 @@ def test_every_key_has_a_default():
     # the documented defaults (README), written out here independently of the dataclasses
     assert flat == {
         "name": "scenario", "description": "", "seed": 0, "duration": 30.0, "repeat": 1, "expect": "clean",
-        "expect_fraction": 1.0, "expect_cause": "", "expect_cause_fraction": 0.8, "lock_watch.hz": 20.0, "lock_watch.libraries_every": 1.0, "sqlite.driver": "stdlib", "sqlite.version": "system",
+        "expect_fraction": 1.0, "crash.model": "posix-weak", "crash.max_states": 20000, "crash.budget": 600.0, "crash.jobs": 0, "crash.after_cut": "none", "crash.classes": [], "expect_cause": "", "expect_cause_fraction": 0.8, "lock_watch.hz": 20.0, "lock_watch.libraries_every": 1.0, "sqlite.driver": "stdlib", "sqlite.version": "system",
         "database.pages": 65536, "database.page_size": 4096, "database.schema": "hermes", "database.seed": 0,
         "database.journal_mode": "WAL", "database.cache_size": 0, "database.synchronous": "default", "database.mmap_size": 0,
         "database.wal_autocheckpoint": 1000, "database.busy_timeout_ms": 1000,

@@ -103,6 +103,31 @@ def _parser() -> argparse.ArgumentParser:
     explain = sub.add_parser("explain", help="say in sentences which factor of a matrix changes the verdict")
     explain.add_argument("results", help="results.json or an output folder")
 
+    crash = sub.add_parser("crash", help="record a run's I/O once, then check every crash state a storage model "
+                                         "allows (explore), or one saved state again (replay)")
+    crash_sub = crash.add_subparsers(dest="crash_command", required=True, parser_class=_Parser)
+    explore = crash_sub.add_parser("explore", help="check the crash states of a scenario's run (exit 1 when one "
+                                                   "is not clean)")
+    explore.add_argument("target", help="scenario TOML file (its first cell is run once, traced), or a run dir "
+                                        "recorded with faults.crash_trace")
+    explore.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                         help="override a scenario key")
+    explore.add_argument("--model", choices=("posix-weak", "posix-ordered", "lying"),
+                         help="storage model (default: crash.model, posix-weak)")
+    explore.add_argument("--max-states", type=int, help="distinct states to check at the most (crash.max_states)")
+    explore.add_argument("--budget", help='time to check states, e.g. "10m" (crash.budget)')
+    explore.add_argument("--jobs", type=int, help="checking processes (default: one per core)")
+    explore.add_argument("--after-cut", choices=("none", "delete-journal"), help="what happens after the cut")
+    explore.add_argument("--classes", help="comma-separated classes of states (default: all the model's)")
+    explore.add_argument("--out", help="output folder (default reports/crash-<name>-<time>)")
+    explore.add_argument("--cache-dir", help="template cache (default ~/.cache/walstress)")
+    explore.add_argument("--json", action="store_true", help="print crash.json on stdout")
+    replay = crash_sub.add_parser("replay", help="rebuild one saved crash state and check it again (exit 0 when "
+                                                 "its verdict is the recorded one)")
+    replay.add_argument("state", help="a state file written by explore (failing/smallest.json)")
+    replay.add_argument("--keep", help="leave the state's files in this folder")
+    replay.add_argument("--json", action="store_true", help="print the result as JSON")
+
     watch = sub.add_parser("watch", help="watch running processes' SQLite locks from /proc, read-only, and print "
                                          "lost locks, deleted -wal/-shm in use and two SQLite libraries as they "
                                          "happen (exit 1 when one was seen)")
@@ -314,6 +339,42 @@ def _duration_option(option: str, value: str | None) -> float | None:
         raise UsageError(f"{option} {value!r}: expected {exc}") from None
 
 
+def _cmd_crash(args: argparse.Namespace) -> int:
+    from walstress.crash import explore, replay
+
+    if args.crash_command == "replay":
+        result = replay(args.state, keep=args.keep)
+        if args.json:
+            print(json.dumps(result, indent=1))
+        else:
+            print(f"replayed: {result['verdict']}" + (f" ({result['why']})" if result["why"] else "")
+                  + ("; as recorded" if result["as_recorded"] else f"; recorded: {result['recorded_verdict']}"))
+        return EXIT_OK if result["as_recorded"] else EXIT_MISMATCH
+    if args.max_states is not None and args.max_states < 1:
+        raise UsageError("--max-states must be at least 1")
+    if args.jobs is not None and args.jobs < 1:
+        raise UsageError("--jobs must be at least 1")
+    target = Path(args.target)
+    out = Path(args.out) if args.out else Path("reports") / f"crash-{target.stem or target.name}-" \
+        f"{time.strftime('%Y%m%d-%H%M%S')}"
+    classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
+    progress = None if args.json else (lambda text: print(text, file=sys.stderr, flush=True))
+    report = explore(target, out, overrides=args.overrides, model=args.model, max_states=args.max_states,
+                     budget_s=_duration_option("--budget", args.budget), jobs=args.jobs, after=args.after_cut,
+                     classes=classes, cache_dir=args.cache_dir, progress=progress)
+    if args.json:
+        print(json.dumps(report, indent=1, default=str))
+    else:
+        totals = report["totals"]
+        print(f"{totals['explored']} distinct crash states checked of {totals['possible']} ({report['model']}, "
+              f"stopped by {report['stopped_by']}, {report['states_per_second']} states/s): {totals['clean']} clean, "
+              f"{totals['lost_synced']} lost synced commits, {totals['corrupt']} corrupt")
+        for state in report["failing"][:3]:
+            print(f"  {state['verdict']}: {state['why']} -> {state.get('file')}")
+        print(f"report: {out / 'crash.md'}")
+    return EXIT_OK if report["verdict"] == "clean" else EXIT_MISMATCH
+
+
 def _cmd_watch(args: argparse.Namespace) -> int:
     from walstress.watch import watch
 
@@ -321,7 +382,7 @@ def _cmd_watch(args: argparse.Namespace) -> int:
                  children=args.children, as_json=args.json, show_locks=args.locks)
 
 
-COMMANDS = {"watch": _cmd_watch, "repro": _cmd_repro, "search": _cmd_search, "init": _cmd_init, "run": _cmd_run, "build": _cmd_build, "check": _cmd_check, "report": _cmd_report,
+COMMANDS = {"crash": _cmd_crash, "watch": _cmd_watch, "repro": _cmd_repro, "search": _cmd_search, "init": _cmd_init, "run": _cmd_run, "build": _cmd_build, "check": _cmd_check, "report": _cmd_report,
             "merge": _cmd_merge, "bisect": _cmd_bisect, "explain": _cmd_explain}
 
 

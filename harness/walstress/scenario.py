@@ -147,6 +147,21 @@ class SearchSettings:
 
 
 @dataclass
+class CrashSettings:
+    """What ``walstress crash`` explores (``[crash]``): see crash/."""
+
+    model: str = setting("posix-weak", choices=("posix-weak", "posix-ordered", "lying"),
+                         doc="which crash states the storage allows: any reordering between syncs, each file's "
+                             "writes in order, or syncs that do nothing")
+    max_states: int = setting(20000, min=1, max=10_000_000, doc="distinct crash states to check at the most")
+    budget: float = setting(600.0, min=1.0, max=7 * 86400, kind="duration", doc="time to check states")
+    jobs: int = setting(0, min=0, max=1024, doc="checking processes (0: one per core)")
+    after_cut: str = setting("none", choices=("none", "delete-journal"),
+                             doc="delete-journal: the hot journal (-journal or -wal) is gone before the reopen")
+    classes: list = setting([], kind="list", doc="the classes of states to explore (default: all the model's)")
+
+
+@dataclass
 class LockWatchSettings:
     """The kernel's view of SQLite's locks during a run (``[lock_watch]``): see lockwatch.py."""
 
@@ -224,6 +239,7 @@ class Scenario:
     checkpoint: CheckpointSettings = field(default_factory=CheckpointSettings)
     search: SearchSettings = field(default_factory=SearchSettings)
     lock_watch: LockWatchSettings = field(default_factory=LockWatchSettings)
+    crash: CrashSettings = field(default_factory=CrashSettings)
     faults: dict[str, Any] = field(default_factory=dict)
     workers: list[WorkerSettings] = field(default_factory=list)
     matrix: dict[str, list[Any]] = field(default_factory=dict)
@@ -291,6 +307,7 @@ _SECTIONS: dict[str, type] = {
     "checkpoint": CheckpointSettings,
     "search": SearchSettings,
     "lock_watch": LockWatchSettings,
+    "crash": CrashSettings,
 }
 _SCALAR_TOP = ("name", "description", "seed", "duration", "repeat", "expect", "expect_fraction", "expect_cause",
                "expect_cause_fraction")
