@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from walstress.crash.check import init_worker, check_chunk, replay_state
+from walstress.crash.check import build_position, check_chunk, init_worker, replay_state
 from walstress.crash.model import (CLASSES, MODEL_CLASSES, MODELS, Cut, Trace, Variant, cut_points, load_trace,
                                    variants, windows)
 from walstress.errors import UsageError, WalstressError
@@ -75,8 +75,10 @@ def record(target: str | Path, out_dir: Path, overrides: list[str], *, cache_dir
 
 
 def _descriptors(trace: Trace, cuts: list[Cut], model: str, classes: tuple[str, ...],
-                 possible: dict[str, int]) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
-    """Every (cut, variant) the model allows, class by class, cuts in trace order within a class."""
+                 possible: dict[str, int], budget: int | None = None) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+    """The (cut, variant) pairs to check, class by class. With a ``budget`` of states, each class gets an
+    even share (what a smaller class leaves goes to the next): a class with more states than its share
+    is taken at an even stride over the trace, so that every part of it is explored."""
     per_cut: list[tuple[Cut, list[Variant]]] = []
     for cut in cuts:
         lying = model == "lying"
@@ -84,11 +86,19 @@ def _descriptors(trace: Trace, cuts: list[Cut], model: str, classes: tuple[str, 
         per_cut.append((cut, found))
         for v in found:
             possible[v.cls] = possible.get(v.cls, 0) + 1
-    for cls in classes:
-        for cut, found in per_cut:
-            for v in found:
-                if v.cls == cls:
-                    yield ({"position": cut.position, "reason": cut.reason, "wall": cut.wall}, v.to_dict())
+    left = budget
+    for number, cls in enumerate(classes):
+        # in the order of the position the files are built at, so each checking process moves forward
+        chosen = sorted(((build_position(cut, v, model), cut, v) for cut, found in per_cut for v in found
+                         if v.cls == cls), key=lambda item: (item[0], item[1].position))
+        if left is not None:
+            share = -(-left // (len(classes) - number))
+            if len(chosen) > share:
+                stride = len(chosen) / share
+                chosen = [chosen[int(i * stride)] for i in range(share)]
+            left = max(0, left - len(chosen))
+        for _, cut, v in chosen:
+            yield ({"position": cut.position, "reason": cut.reason, "wall": cut.wall}, v.to_dict())
 
 
 def _chunks(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
@@ -130,10 +140,12 @@ def explore(target: str | Path, out_dir: str | Path, *, overrides: list[str] | N
     acks = sorted(t.t_end for t in ledger.transactions if t.state == "acked" and t.t_end is not None)
     cuts = cut_points(trace, acks)
     possible: dict[str, int] = {}
-    descriptors = list(_descriptors(trace, cuts, model, wanted, possible))
+    # a share of the budget per class, with room for the states that turn out to be the same
+    descriptors = list(_descriptors(trace, cuts, model, wanted, possible, budget=int(max_states * 1.5)))
     if progress:
         progress(f"trace: {trace.summary()['ops']} operations, {len(acks)} acknowledged commits, {len(cuts)} cuts; "
-                 f"{len(descriptors)} crash states allowed by {model}; checking with {jobs} process(es)")
+                 f"{sum(possible.values())} crash states allowed by {model}, {len(descriptors)} chosen; checking "
+                 f"with {jobs} process(es)")
     results, elapsed, stopped = _check_all(run_dir, out, descriptors, model, after, scenario, jobs, max_states,
                                           budget_s, progress)
     report = _summarize(run_dir, trace, model, after, scenario, possible, results, elapsed, stopped, jobs,

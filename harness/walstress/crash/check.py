@@ -127,23 +127,42 @@ def check_chunk(items: list[tuple[dict[str, Any], dict[str, Any]]]) -> list[dict
     return [check_one(Cut(**cut), Variant.from_dict(variant)) for cut, variant in items]
 
 
+def build_position(cut: Cut, variant: Variant, model: str) -> int:
+    """Where the state's files stand in the trace: on lying storage, a state is everything issued before
+    some point (nothing, everything before an earlier sync, everything before the cut), which is the
+    "prefix" state of that point; otherwise the cut."""
+    if model != "lying":
+        return cut.position
+    if variant.cls == "none":
+        return 0
+    if variant.cls == "lost-tail" and variant.lost_from is not None:
+        return variant.lost_from
+    return cut.position
+
+
 def check_one(cut: Cut, variant: Variant) -> dict[str, Any]:
     trace: Trace = _W["trace"]
-    lying = variant.cls == "lost-tail" or _W["model"] == "lying"
+    model = _W["model"]
+    position = build_position(cut, variant, model)
     cached_pos, wins = _W["wins"]
-    if cached_pos != (cut.position, lying):
-        wins = windows(trace, cut.position, lying=lying)
-        _W["wins"] = ((cut.position, lying), wins)
-    built = _W["builder"].build(cut, variant, wins)
+    if cached_pos != position:
+        wins = windows(trace, position)
+        _W["wins"] = (position, wins)
+    built = _W["builder"].build(Cut(position, cut.reason, cut.wall),
+                                Variant("prefix") if model == "lying" else variant, wins)
     built = after_cut(built, _W["after_cut"], trace.db_name)
     logical = _W["states"].get(built.key)
     if logical is None:
         logical = _open(built)
         _W["states"][built.key] = logical
     recovered: Recovered = _W["recovered"][logical]
-    verdict, lost_synced, lost_unsynced, reason = judge_state(recovered, _W["plan"], cut)
+    plan: Plan = _W["plan"]
+    verdict, lost_synced, lost_unsynced, reason = judge_state(recovered, plan, cut)
+    required, optional = plan.expectations(cut)
+    # the same files judged against the same commits are the same crash state
+    state = f"{built.key}:{len(required)}:{len(optional)}"
     return {"position": cut.position, "reason": cut.reason, "wall": cut.wall, "variant": variant.to_dict(),
-            "key": built.key, "logical": logical, "verdict": verdict, "lost_synced": lost_synced,
+            "key": state, "logical": logical, "verdict": verdict, "lost_synced": lost_synced,
             "lost_unsynced": lost_unsynced, "why": reason}
 
 
@@ -284,7 +303,9 @@ def _full_check(conn: Any) -> Recovered:
     except apsw.Error as exc:
         return Recovered(False, f"integrity_check: {_text(exc)}", {})
     if lines != ["ok"]:
-        return Recovered(False, lines[0], {})
+        first = next((line for text in lines for line in text.splitlines() if line.strip()
+                      and not line.startswith("*** in database")), lines[0])
+        return Recovered(False, f"integrity_check: {first}", {})
     try:  # integrity_check runs FTS5's own check from SQLite 3.44 on; before that, ask each table
         version = tuple(int(x) for x in apsw.sqlite_lib_version().split(".")[:2])
         tables = [] if version >= (3, 44) else [
@@ -317,7 +338,8 @@ def judge_state(recovered: Recovered, plan: Plan, cut: Cut) -> tuple[str, int, i
     synced = sum(1 for ref, exp in required.items() if not _present(recovered, ref, exp))
     unsynced = sum(1 for ref, exp in optional.items() if not _present(recovered, ref, exp))
     if synced:
-        why = (f"{synced} commits lost although acknowledged: sync not honoured" if plan.lying else
+        why = (f"lost although acknowledged: sync not honoured ({synced} rows of commits acknowledged before "
+               "the cut are missing)" if plan.lying else
                f"{synced} rows acknowledged and synced before the cut are missing")
         return "lost-writes", synced, unsynced, why
     return "clean", 0, unsynced, (f"{unsynced} rows acknowledged after the last sync lost (allowed)"
