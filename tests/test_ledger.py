@@ -131,3 +131,18 @@ def test_a_row_that_came_back_in_an_older_version_is_stale(tmp_path):
     assert "stale" not in details[3]
     # without the template only the earlier version is known
     assert check_ledger(tmp_path / "db", ledger).stale_rows == 1
+
+
+def test_a_row_whose_text_is_not_utf8_reads_as_changed(tmp_path):
+    # damage that leaves the b-tree whole can leave bytes in a text column that do not decode
+    make_db(tmp_path / "db", [(1, "one"), (2, "two")])
+    conn = sqlite3.connect(tmp_path / "db")
+    conn.execute("UPDATE messages SET content = CAST(x'74f677' AS TEXT) WHERE id = 2")
+    conn.commit()
+    conn.close()
+    ledger = tmp_path / "ledger"
+    ledger.mkdir()
+    (ledger / "w.ledger").write_text(f"P 1 1.0 I1:{content_crc('one')} I2:{content_crc('two')}\nA 1 1.1\n")
+    result = check_ledger(tmp_path / "db", ledger)
+    assert result.lost_ids == [2], "the damaged row is lost; the whole one is read back"
+    assert {d["id"]: d["found"] for d in result.lost_details}[2] != "missing"

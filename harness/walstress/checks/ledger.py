@@ -172,7 +172,11 @@ class RowReader:
                     marks = "VALUES " + ", ".join(row for _ in part)
                     params = [v for k in part for v in k]
                 sql = f"SELECT {selected} FROM {_quote(table)} WHERE {target} IN ({marks})"
-                for record in self.conn.execute(sql, params):
+                try:
+                    records = self.conn.execute(sql, params).fetchall()
+                except UnicodeDecodeError:   # damaged text: read it as bytes, so the row reads as changed
+                    records = self._tolerant(sql, selected, columns + cols, params)
+                for record in records:
                     key = tuple(record[:len(columns)])
                     hit = by_key.get(key)
                     if hit is None:
@@ -180,6 +184,21 @@ class RowReader:
                     values = record[len(columns):]
                     found[hit.ref] = row_crc(dict(zip(cols, values))) if cols else True
         return found
+
+
+    def _tolerant(self, sql: str, selected: str, names: tuple[str, ...], params: list[Any]) -> list[tuple[Any, ...]]:
+        """The rows of ``sql`` with text that is not valid UTF-8 decoded with replacement characters."""
+        parts = [f"typeof({_quote(c)}) = 'text', CASE WHEN typeof({_quote(c)}) = 'text' THEN CAST({_quote(c)} AS "
+                 f"BLOB) ELSE {_quote(c)} END" for c in names]
+        out = []
+        for record in self.conn.execute(sql.replace(selected, ", ".join(parts), 1), params):
+            out.append(tuple(record[i + 1].decode("utf-8", "replace") if record[i] else record[i + 1]
+                             for i in range(0, len(record), 2)))
+        return out
+
+
+def _tolerant_text(data: bytes) -> str:
+    return data.decode("utf-8", "replace")
 
 
 def _quote(name: str) -> str:
@@ -226,6 +245,7 @@ def check_ledger(db_path: str | Path, ledger_dir: str | Path, *, verify: Verify 
     except sqlite3.Error as exc:
         result.error = f"could not open the database: {exc}"
         return result
+    conn.text_factory = _tolerant_text   # damaged text reads as other values, not as an error
     try:
         reader = RowReader(conn)
         readable = []
