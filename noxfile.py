@@ -9,6 +9,7 @@
     nox -s repro              every shipped reproduction (scenarios/*.toml but smoke) against its expect
     nox -s sqlite             the smoke scenario on each SQLite version in SQLITE_VERSIONS (apsw)
     nox -s bench              throughput and latency of a full-size healthy run
+    nox -s crash              every shipped crash exploration (scenarios/crash/) against its verdict
 
 For smoke, stress, repro, sqlite and bench, arguments after ``--`` pass
 through to ``walstress run`` (e.g. ``-- --duration 5 --set seed=3`` or
@@ -270,3 +271,46 @@ def bench(session: nox.Session) -> None:
     session.log(f"harness / bare write loop: {ratios['harness_over_bare']}")
     (root / "bench.json").write_text(json.dumps({"runs": rows, "ratios": ratios}, indent=1) + "\n")
     session.log(f"bench: {root / 'bench.json'}")
+
+
+# The crash explorations and what each must find: (scenario, extra arguments, verdict)
+CRASH_EXPLORATIONS = [
+    ("wal-full.toml", [], "clean"),
+    ("wal-full.toml", ["--model", "posix-ordered", "--max-states", "3000"], "clean"),
+    ("wal-full.toml", ["--model", "lying", "--max-states", "3000"], "lost-writes"),
+    ("wal-off.toml", [], "corrupt"),
+    ("rollback-full.toml", [], "clean"),
+    ("rollback-full.toml", ["--after-cut", "delete-journal"], "corrupt"),
+]
+
+
+@nox.session
+def crash(session: nox.Session) -> None:
+    """Every shipped crash exploration (scenarios/crash/) against the verdict it must reach, with the
+    smallest failing state of each replayed; arguments after ``--`` go to ``walstress crash explore``."""
+    _install(session, "apsw")
+    root, args = _take_out("crash", list(session.posargs))
+    table = []
+    for number, (name, extra, want) in enumerate(CRASH_EXPLORATIONS):
+        out = root / f"{number:02d}-{Path(name).stem}"
+        session.run("walstress", "crash", "explore", str(SCENARIOS / "crash" / name), *extra, *args,
+                    "--out", str(out), success_codes=[0, 1])
+        report = json.loads((out / "crash.json").read_text())
+        replayed = "-"
+        if report["failing"]:
+            session.run("walstress", "crash", "replay", report["failing"][0]["file"])
+            replayed = "as recorded"
+        totals = report["totals"]
+        table.append((f"{name} {' '.join(extra)}".strip(), want, report["verdict"], totals, report, replayed))
+    session.log("crash explorations:")
+    for label, want, got, totals, report, replayed in table:
+        session.log(f"  {'ok  ' if got == want else 'DIFF'} {label}: {got} (want {want}); {totals['explored']} of "
+                    f"{totals['possible']} states, {totals['corrupt']} corrupt, {totals['lost_synced']} lost synced; "
+                    f"{report['states_per_second']} states/s; smallest replayed: {replayed}")
+    (root / "crash-summary.json").write_text(json.dumps(
+        [{"exploration": label, "want": want, "verdict": got, "totals": totals,
+          "states_per_second": report["states_per_second"], "seconds": report["seconds"]}
+         for label, want, got, totals, report, _ in table], indent=1) + "\n")
+    differing = [label for label, want, got, *_ in table if got != want]
+    if differing:
+        session.error(f"{len(differing)} crash exploration(s) differ: " + "; ".join(differing))

@@ -147,7 +147,7 @@ def explore(target: str | Path, out_dir: str | Path, *, overrides: list[str] | N
                  f"{sum(possible.values())} crash states allowed by {model}, {len(descriptors)} chosen; checking "
                  f"with {jobs} process(es)")
     results, elapsed, stopped = _check_all(run_dir, out, descriptors, model, after, scenario, jobs, max_states,
-                                          budget_s, progress)
+                                          budget_s, sum(len(c) for c in trace.initial.values()), progress)
     report = _summarize(run_dir, trace, model, after, scenario, possible, results, elapsed, stopped, jobs,
                         len(acks), len(cuts), t0)
     _write_failing(out, run_dir, model, after, report)
@@ -159,9 +159,11 @@ def explore(target: str | Path, out_dir: str | Path, *, overrides: list[str] | N
 
 
 def _check_all(run_dir: Path, out: Path, descriptors: list[Any], model: str, after: str, scenario: dict[str, Any],
-               jobs: int, max_states: int, budget_s: float,
+               jobs: int, max_states: int, budget_s: float, state_bytes: int,
                progress: ProgressFn | None) -> tuple[list[dict[str, Any]], float, str]:
-    states_root = Path(tempfile.mkdtemp(prefix="walstress-crash-", dir=_scratch()))
+    # each checking process holds one state and its recovered copy at a time: room for 4 databases each
+    need = 4 * jobs * state_bytes
+    states_root = Path(tempfile.mkdtemp(prefix="walstress-crash-", dir=_scratch(need)))
     ctx = multiprocessing.get_context("spawn")
     pool = ctx.Pool(jobs, initializer=init_worker,
                     initargs=(str(run_dir), str(states_root), _sqlite_paths(run_dir), model, after, scenario))
@@ -195,10 +197,18 @@ def _check_all(run_dir: Path, out: Path, descriptors: list[Any], model: str, aft
     return results, time.monotonic() - started, stopped
 
 
-def _scratch() -> str | None:
-    """States are written to memory (/dev/shm) where there is one: they are many and short-lived."""
+def _scratch(need: int = 0) -> str | None:
+    """Where the states' files go: ``WALSTRESS_CRASH_SCRATCH`` when set; else memory (/dev/shm), where
+    there is one with room for ``need`` bytes (a container's is often 64 MiB), as the states are many and
+    short-lived; else the temporary folder."""
+    chosen = os.environ.get("WALSTRESS_CRASH_SCRATCH")
+    if chosen:
+        Path(chosen).mkdir(parents=True, exist_ok=True)
+        return chosen
     shm = Path("/dev/shm")
-    return str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else None
+    if not (shm.is_dir() and os.access(shm, os.W_OK)):
+        return None
+    return str(shm) if shutil.disk_usage(shm).free > need else None
 
 
 def _summarize(run_dir: Path, trace: Trace, model: str, after: str, scenario: dict[str, Any],

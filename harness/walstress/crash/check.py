@@ -300,7 +300,7 @@ def _full_check(conn: Any) -> Recovered:
     plan: Plan = _W["plan"]
     try:
         lines = [str(r[0]) for r in conn.execute(f"PRAGMA integrity_check({INTEGRITY_LINES})")]
-    except apsw.Error as exc:
+    except (apsw.Error, ValueError) as exc:   # ValueError: its message quotes damaged, undecodable text
         return Recovered(False, f"integrity_check: {_text(exc)}", {})
     if lines != ["ok"]:
         first = next((line for text in lines for line in text.splitlines() if line.strip()
@@ -314,7 +314,7 @@ def _full_check(conn: Any) -> Recovered:
         for table in tables:
             quoted = '"' + table.replace('"', '""') + '"'
             conn.execute(f"INSERT INTO {quoted}({quoted}) VALUES ('integrity-check')")
-    except apsw.Error as exc:
+    except (apsw.Error, ValueError) as exc:
         return Recovered(False, f"FTS5 {_text(exc)}", {})
     rows: dict[tuple[Ref, tuple[str, ...]], Any] = {}
     groups: dict[tuple[str, ...], list[Expected]] = {}
@@ -325,7 +325,7 @@ def _full_check(conn: Any) -> Recovered:
         for cols, group in groups.items():   # a row's checksum is over the columns one change wrote
             for ref, found in reader.read(group).items():
                 rows[(ref, cols)] = found
-    except apsw.Error as exc:
+    except (apsw.Error, ValueError) as exc:
         return Recovered(False, f"rows: {_text(exc)}", {})
     return Recovered(True, "", rows)
 
