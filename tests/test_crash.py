@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from walstress.crash import explore, replay
@@ -203,3 +206,26 @@ def test_bad_input_is_a_usage_error_with_one_line(tmp_path, wal_full):
         assert words in result.stderr and "Traceback" not in result.stderr, (args, result.stderr)
     with pytest.raises(UsageError):
         explore(wal_full["report"]["run_dir"], tmp_path / "x", model="ext4")
+
+
+@pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "killed"])
+def test_an_interrupted_or_killed_explorer_leaves_no_process_or_state_behind(how, wal_full, tmp_path):
+    scratch = tmp_path / "scratch"
+    proc = subprocess.Popen([sys.executable, "-m", "walstress", "crash", "explore", wal_full["report"]["run_dir"],
+                             "--out", str(tmp_path / "out"), "--jobs", "2", "--max-states", "100000"],
+                            env={**os.environ, "WALSTRESS_CRASH_SCRATCH": str(scratch)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (scratch.is_dir() and list(scratch.glob("*/w*"))):
+        time.sleep(0.05)
+    assert proc.poll() is None, "the exploration ended before it could be interrupted"
+    checkers = psutil.Process(proc.pid).children(recursive=True)
+    assert checkers, "the states are checked in child processes"
+    proc.send_signal(how)
+    proc.wait(timeout=30)
+    gone, alive = psutil.wait_procs(checkers, timeout=15)
+    assert not alive, f"checking processes left behind: {[p.pid for p in alive]}"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and list(scratch.iterdir()):
+        time.sleep(0.1)
+    assert not list(scratch.iterdir()), "the states' folder is removed"

@@ -18,6 +18,7 @@ implements with a pool.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
@@ -36,6 +37,20 @@ PACKAGE_PARENT = Path(__file__).resolve().parent.parent  # the folder that holds
 
 # how a worker process ended (None: still running, or never started)
 STOPPED, KILLED_AT_STOP, FAULT_KILLED = "stopped", "killed-at-stop", "fault"
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(sig: int = signal.SIGTERM) -> None:
+    """Ask Linux to send ``sig`` to this process when its parent dies (a killed controller)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
 
 
 def worker_environment(sqlite_paths: Iterable[str], extra: dict[str, str] | None = None) -> dict[str, str]:

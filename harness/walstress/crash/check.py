@@ -22,8 +22,10 @@ commit acknowledged before the cut but not required may be lost
 from __future__ import annotations
 
 import hashlib
+import multiprocessing.util
 import os
 import shutil
+import signal
 import struct
 import sys
 from dataclasses import dataclass, field
@@ -33,6 +35,7 @@ from typing import Any
 from walstress.checks.ledger import Expected, RowReader
 from walstress.crash.model import Builder, Built, Cut, Trace, Variant, load_trace, windows, write_state
 from walstress.ledger import Ledger, Ref, read_ledger
+from walstress.processes import die_with_parent
 
 INTEGRITY_LINES = 20
 
@@ -113,14 +116,31 @@ _W: dict[str, Any] = {}
 
 def init_worker(run_dir: str, folder: str, sqlite_paths: list[str], model: str, after_cut: str,
                 scenario: dict[str, Any]) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is the explorer's: it ends the pool
+    # a killed explorer leaves no checking process, nor the states' folder, behind: each process
+    # removes its own states when it ends, and the last one the folder
+    mine = Path(folder) / f"w{os.getpid()}"
+    signal.signal(signal.SIGTERM, lambda *_: _remove(mine, then_exit=True))
+    multiprocessing.util.Finalize(None, _remove, args=(mine,), exitpriority=10)
+    die_with_parent()
     for path in reversed(sqlite_paths):
         if path not in sys.path:
             sys.path.insert(0, path)
     trace = load_trace(run_dir)
     _W.clear()
-    _W.update(trace=trace, builder=Builder(trace), folder=Path(folder) / f"w{os.getpid()}", model=model,
+    _W.update(trace=trace, builder=Builder(trace), folder=mine, model=model,
               after_cut=after_cut, plan=Plan.of(Path(run_dir), trace, scenario, model), on_disk={},
               states={}, recovered={}, wins=(None, None))
+
+
+def _remove(mine: Path, then_exit: bool = False) -> None:
+    shutil.rmtree(mine, ignore_errors=True)
+    try:
+        mine.parent.rmdir()
+    except OSError:   # another process's states are still there: the last one removes the folder
+        pass
+    if then_exit:
+        os._exit(0)
 
 
 def check_chunk(items: list[tuple[dict[str, Any], dict[str, Any]]]) -> list[dict[str, Any]]:

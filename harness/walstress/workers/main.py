@@ -10,7 +10,6 @@ within a few seconds, flushing what it recorded.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import sys
@@ -21,6 +20,7 @@ import traceback
 from walstress.faults.worker_side import worker_hooks
 from walstress.history import HistoryWriter
 from walstress.loading import load_object
+from walstress.processes import die_with_parent
 from walstress.runspec import WorkerSpec
 from walstress.sqlite.driver import library_info
 from walstress.workers.base import WorkerContext, describe_error
@@ -29,19 +29,8 @@ EXIT_OK = 0
 EXIT_CRASH = 3
 EXIT_VERSION_MISMATCH = 4
 EXIT_ORPHANED = 5
-_PR_SET_PDEATHSIG = 1
 _GRACE_SECONDS = 3.0
 _STOP_BUDGET_SECONDS = 8.0  # below the controller's grace before SIGKILL (controller.STOP_GRACE_SECONDS)
-
-
-def _die_with_parent() -> None:
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
 
 
 def _watch_parent(parent_pid: int, stop: threading.Event, done: threading.Event) -> None:
@@ -64,7 +53,7 @@ def main(spec_path: str) -> int:
     stop = threading.Event()
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    _die_with_parent()
+    die_with_parent()
     parent_pid = spec.parent_pid
     if os.getppid() != parent_pid:
         return EXIT_ORPHANED
