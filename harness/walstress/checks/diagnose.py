@@ -21,9 +21,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from walstress.checks.btree import HEADER_MAGIC, NotADatabaseError, read_header
+from walstress.checks.btree import NotADatabaseError, read_header
+from walstress.checks.fileinfo import header_report, wal_report
 from walstress.checks.causes import file_cause
 from walstress.checks.integrity import run_integrity
+from walstress.checks.sqltext import DB_ERRORS, error_text, tolerant
 from walstress.database.snapshot import COMPANIONS, copy_database
 
 __all__ = ["check_database", "format_check"]
@@ -34,8 +36,8 @@ _MAX_REPORT_LINES = 50
 def _row_counts(db: Path) -> dict[str, int | str]:
     counts: dict[str, int | str] = {}
     try:
-        conn = sqlite3.connect(db.absolute().as_uri() + "?mode=ro", uri=True)
-    except sqlite3.Error:
+        conn = tolerant(sqlite3.connect(db.absolute().as_uri() + "?mode=ro", uri=True))
+    except DB_ERRORS:
         return counts
     try:
         names = [n for (n, sql) in conn.execute(
@@ -45,9 +47,9 @@ def _row_counts(db: Path) -> dict[str, int | str]:
             q = '"' + name.replace('"', '""') + '"'
             try:
                 counts[name] = conn.execute(f"SELECT count(*) FROM {q}").fetchone()[0]
-            except sqlite3.Error as exc:
-                counts[name] = f"error: {exc}"
-    except sqlite3.Error:
+            except DB_ERRORS as exc:
+                counts[name] = f"error: {error_text(exc)}"
+    except DB_ERRORS:
         pass
     finally:
         conn.close()
@@ -81,6 +83,9 @@ def check_database(path, *, workdir=None) -> dict:
         "text_encoding": None,
         "auto_vacuum": None,
         "row_counts": {},
+        "header": None,
+        "wal": None,
+        "not_checked": [],
         "cause": None,
         "sqlite_version": sqlite3.sqlite_version,
         "copy_dir": None,
@@ -129,17 +134,14 @@ def check_database(path, *, workdir=None) -> dict:
 
 
 def _check_copy(copy: Path, result: dict, stable: bool) -> tuple[str, str]:
-    size = copy.stat().st_size
-    wal_bytes = result["wal_bytes"] or 0
+    """SQLite decides (integrity_check and FTS5's checks on the copy); the header and the -wal's frames
+    say what the bytes are, also where SQLite cannot open the file at all."""
+    head = header_report(copy)
+    result["header"] = head
+    wal = wal_report(Path(f"{copy}-wal"), head.get("page_size"))
+    result["wal"] = wal
     header: dict | None = None
-    if size == 0:
-        if wal_bytes <= 32:       # a WAL header alone holds no pages
-            return ERROR, "empty file (0 bytes): no SQLite database in it"
-    else:
-        with open(copy, "rb") as f:   # the private copy, never the original
-            magic = f.read(len(HEADER_MAGIC))
-        if magic != HEADER_MAGIC:
-            return ERROR, "not an SQLite database (header string missing)"
+    if head["state"] in ("valid", "damaged"):
         try:
             header = read_header(copy)
         except NotADatabaseError:
@@ -164,8 +166,12 @@ def _check_copy(copy: Path, result: dict, stable: bool) -> tuple[str, str]:
             result["journal_mode"] = "wal" if after["wal_mode"] else "rollback"
     if integ.open_error is None or integ.messages:
         result["row_counts"] = _row_counts(copy)
+    result["not_checked"] = _not_checked(integ, head)
 
     if integ.ok:
+        if head["state"] == "empty":
+            return HEALTHY, ("empty file (0 bytes): SQLite opens it as an empty database, no tables "
+                             "(integrity_check ok)")
         checked = [t for t, v in integ.fts.items() if v == "ok"]
         skipped = [t for t in integ.fts if t not in checked]
         reason = "integrity_check ok; " + (
@@ -173,12 +179,41 @@ def _check_copy(copy: Path, result: dict, stable: bool) -> tuple[str, str]:
         if skipped:
             reason += f"; FTS5 not checked (module missing): {', '.join(skipped)}"
         return HEALTHY, reason
-    reason = _damage_reason(integ)
+    reason = _header_reason(head) or _damage_reason(integ)
     result["cause"] = file_cause(result["integrity"])
     if not stable:
         reason += ("; the files changed while they were copied, so the copy may be "
                    "torn: check again when the database is idle")
     return DAMAGED, reason
+
+
+def _header_reason(head: dict) -> str:
+    """The reason when the header itself keeps SQLite out."""
+    if head["state"] == "short":
+        return f"not an SQLite database any more: {head['damaged_fields'][0]}"
+    if head["state"] != "missing":
+        return ""
+    text = (f"the header string 'SQLite format 3' is gone (the file starts with {head['first_bytes']}): SQLite "
+            "cannot open it")
+    if head.get("guessed_page_size"):
+        text += (f"; the pages behind it look like a database with {head['guessed_page_size']}-byte pages "
+                 f"({head['btree_pages_seen']} b-tree page headers seen)")
+    else:
+        text += "; nothing behind it looks like SQLite pages either"
+    return text
+
+
+def _not_checked(integ, head: dict) -> list[str]:
+    """What could not be checked, and why."""
+    out = []
+    if integ.open_error and not integ.messages:
+        out.append(f"b-trees, FTS5 and rows: SQLite stopped before checking them ({integ.open_error})")
+    for table, verdict in integ.fts.items():
+        if verdict.startswith("skipped"):
+            out.append(f"FTS5 table {table}: {verdict}")
+    if head["state"] in ("missing", "short"):
+        out.append("the header's fields: the header is gone")
+    return out
 
 
 def _damage_reason(integ) -> str:
@@ -196,6 +231,26 @@ def _damage_reason(integ) -> str:
         more = f" (+{len(objs) - 6} more)" if len(objs) > 6 else ""
         parts.append("damaged: " + ", ".join(objs[:6]) + more)
     return "; ".join(parts) or "integrity check failed"
+
+
+def _file_lines(result: dict) -> list[str]:
+    """The header's state and the -wal's frames, where they are not what a healthy file has."""
+    lines = []
+    head = result.get("header") or {}
+    if head.get("state") == "damaged":
+        lines.append("  header: damaged: " + "; ".join(head["damaged_fields"]))
+    elif head.get("state") == "missing" and head.get("guessed_page_size"):
+        lines.append(f"  header: gone; page size {head['guessed_page_size']} guessed from "
+                     f"{head['btree_pages_seen']} b-tree page headers")
+    if head.get("tail_bytes"):
+        lines.append(f"  file size: not a multiple of the page size ({head['tail_bytes']} bytes after the last page)")
+    wal = result.get("wal") or {}
+    if wal.get("problems"):
+        lines.append(f"  -wal: {wal.get('frames', 0)} frames, {wal.get('frames_with_salt', 0)} with the header's "
+                     f"salt: " + "; ".join(wal["problems"]))
+    for item in result.get("not_checked") or []:
+        lines.append(f"  not checked: {item}")
+    return lines
 
 
 def format_check(result: dict) -> str:
@@ -218,6 +273,7 @@ def format_check(result: dict) -> str:
         lines.append("  " + ", ".join(facts))
     if result.get("copy_stable") is False:
         lines.append("  warning: the database changed while it was copied")
+    lines.extend(_file_lines(result))
     if not integ or result["verdict"] == HEALTHY:
         return "\n".join(lines)
     if result.get("cause"):

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from walstress.checks.btree import btree_roots, btree_roots_from_file, walk_pages
 from walstress.checks.findings import Finding, RunEvidence, is_lock_error
+from walstress.checks.sqltext import DB_ERRORS, error_text, tolerant
 
 __all__ = [
     "IntegrityCheck",
@@ -145,15 +146,15 @@ def _integrity_rows(conn: sqlite3.Connection, max_errors: int) -> tuple[list[str
         conn.execute("SELECT walstress_capture_row(integrity_check) "
                      f"FROM pragma_integrity_check({max_errors})").fetchall()
         return rows, None
-    except sqlite3.Error as exc:
-        if rows or "no such table" not in str(exc):
-            return rows, str(exc) or type(exc).__name__
+    except DB_ERRORS as exc:
+        if rows or "no such table" not in error_text(exc):
+            return rows, error_text(exc)
     # an SQLite without table-valued pragmas
     try:
         for (text,) in conn.execute(f"PRAGMA integrity_check({max_errors})"):
             rows.append("" if text is None else str(text))
-    except sqlite3.Error as exc:
-        return rows, str(exc) or type(exc).__name__
+    except DB_ERRORS as exc:
+        return rows, error_text(exc)
     return rows, None
 
 
@@ -174,11 +175,11 @@ def run_integrity(db_path, *, max_errors: int = 10000) -> IntegrityResult:
     roots: dict[int, str] = {}
     conn = None
     try:
-        conn = sqlite3.connect(uri, uri=True, timeout=5.0, isolation_level=None)
+        conn = tolerant(sqlite3.connect(uri, uri=True, timeout=5.0, isolation_level=None))
         try:
             row = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
             res.checkpoint = list(row) if row else None
-        except sqlite3.Error:
+        except DB_ERRORS:
             pass
         rows, error = _integrity_rows(conn, int(max_errors))
         for text in rows:
@@ -191,22 +192,22 @@ def run_integrity(db_path, *, max_errors: int = 10000) -> IntegrityResult:
                 try:
                     conn.execute(f"INSERT INTO {q}({q}) VALUES('integrity-check')")
                     res.fts[table] = _OK
-                except sqlite3.Error as exc:
-                    text = str(exc) or type(exc).__name__
+                except DB_ERRORS as exc:
+                    text = error_text(exc)
                     # an SQLite built without FTS5 cannot check it: not damage
                     res.fts[table] = (f"{_SKIPPED}{text}" if "no such module" in text
                                       else text)
             try:
                 roots = btree_roots(conn)
-            except sqlite3.Error:
+            except DB_ERRORS:
                 roots = {}
-    except sqlite3.Error as exc:
-        res.open_error = res.open_error or str(exc) or type(exc).__name__
+    except DB_ERRORS as exc:
+        res.open_error = res.open_error or error_text(exc)
     finally:
         if conn is not None:
             try:
                 conn.close()
-            except sqlite3.Error:
+            except DB_ERRORS:
                 pass
 
     res.ok = (res.open_error is None and res.messages == [_OK]
@@ -275,8 +276,8 @@ def _owners_from_dbstat(path: Path, wanted: set[int]) -> dict[int, str]:
     """Fallback owner lookup through the dbstat table, where compiled in."""
     found: dict[int, str] = {}
     try:
-        conn = sqlite3.connect(path.absolute().as_uri() + "?mode=ro", uri=True)
-    except sqlite3.Error:
+        conn = tolerant(sqlite3.connect(path.absolute().as_uri() + "?mode=ro", uri=True))
+    except DB_ERRORS:
         return found
     try:
         for pageno, name in conn.execute("SELECT pageno, name FROM dbstat"):
@@ -284,7 +285,7 @@ def _owners_from_dbstat(path: Path, wanted: set[int]) -> dict[int, str]:
                 found[pageno] = name
                 if len(found) == len(wanted):
                     break
-    except sqlite3.Error:
+    except DB_ERRORS:
         pass
     finally:
         conn.close()

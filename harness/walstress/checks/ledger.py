@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from walstress.checks.findings import Finding, RunEvidence, is_lock_error
+from walstress.checks.sqltext import tolerant
 from walstress.ledger import Ledger, Ref, read_ledger, row_crc, row_ref
 from walstress.loading import LoadError, load_object
 
@@ -197,10 +198,6 @@ class RowReader:
         return out
 
 
-def _tolerant_text(data: bytes) -> str:
-    return data.decode("utf-8", "replace")
-
-
 def _quote(name: str) -> str:
     if name == "rowid":
         return name
@@ -245,7 +242,7 @@ def check_ledger(db_path: str | Path, ledger_dir: str | Path, *, verify: Verify 
     except sqlite3.Error as exc:
         result.error = f"could not open the database: {exc}"
         return result
-    conn.text_factory = _tolerant_text   # damaged text reads as other values, not as an error
+    tolerant(conn)   # damaged text reads as other values, not as an error
     try:
         reader = RowReader(conn)
         readable = []
