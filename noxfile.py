@@ -10,6 +10,7 @@
     nox -s sqlite             the smoke scenario on each SQLite version in SQLITE_VERSIONS (apsw)
     nox -s bench              throughput and latency of a full-size healthy run
     nox -s crash              every shipped crash exploration (scenarios/crash/) against its verdict
+    nox -s damage             `walstress check` on 2,000 damaged databases (the damage corpus)
 
 For smoke, stress, repro, sqlite and bench, arguments after ``--`` pass
 through to ``walstress run`` (e.g. ``-- --duration 5 --set seed=3`` or
@@ -133,6 +134,18 @@ def nightly(session: nox.Session) -> None:
     _install(session, "test")
     session.run("pytest", "tests/test_stateful.py", "tests/test_scenario.py", *session.posargs,
                 env={"HYPOTHESIS_PROFILE": "nightly"})
+
+
+@nox.session
+def damage(session: nox.Session) -> None:
+    """`walstress check` on the damage corpus: 2,000 damaged databases (``-- N`` for another count), each
+    answered healthy or damaged without an exception, in bounded time, in agreement with SQLite."""
+    _install(session, "test")
+    count = session.posargs[0] if session.posargs else "2000"
+    if not count.isdigit() or int(count) < 1:
+        session.error(f"nox -s damage -- N: N is a number of examples, not {count!r}")
+    session.run("pytest", "tests/test_check_damage.py", "-q",
+                env={"WALSTRESS_DAMAGE_EXAMPLES": count})
 
 
 @nox.session

@@ -270,13 +270,16 @@ def test_corrupt_header_is_damaged_not_error(db):
     assert result["integrity"]["open_error"]
 
 
-def test_not_a_database(tmp_path):
+def test_a_readable_file_that_is_not_a_database_is_damaged(tmp_path):
+    # exit 2 is for what cannot be looked at; this file can (the sqlite3 shell: "file is not a database", 1)
     junk = tmp_path / "junk.db"
     junk.write_bytes(b"hello, this is not a database\n" * 300)
     result = check_database(junk)
-    assert result["verdict"] == "error"
-    assert "not an SQLite database" in result["reason"]
-    assert main_check(str(junk), False) == 2
+    assert result["verdict"] == "damaged"
+    assert "'SQLite format 3' is gone" in result["reason"] and "nothing behind it looks like SQLite pages" in \
+        result["reason"]
+    assert result["header"]["state"] == "missing" and result["header"]["guessed_page_size"] is None
+    assert main_check(str(junk), False) == 1
     res = run_integrity(junk)
     assert not res.ok and "not a database" in res.open_error
     assert check_database(tmp_path / "missing.db")["verdict"] == "error"
@@ -284,7 +287,7 @@ def test_not_a_database(tmp_path):
     assert main_check(str(tmp_path / "missing.db"), True) == 2
     assert check_database(tmp_path)["verdict"] == "error"
     (tmp_path / "empty.db").write_bytes(b"")
-    assert check_database(tmp_path / "empty.db")["verdict"] == "error"
+    assert check_database(tmp_path / "empty.db")["verdict"] == "healthy"   # SQLite: an empty database
 
 
 # -- read-only -----------------------------------------------------------

@@ -201,7 +201,7 @@ def walk_pages(path: str | os.PathLike, roots: dict[int, str]) -> PageMap:
             walker.walk_all(roots)
             return walker.result()
     except (OSError, NotADatabaseError) as exc:
-        return PageMap(problems=[f"cannot walk {os.fspath(path)}: {exc}"])
+        return PageMap(problems=[f"cannot walk the file: {exc}"])
 
 
 def page_owners(path: str | os.PathLike, roots: dict[int, str]) -> dict[int, str]:
