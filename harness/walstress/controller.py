@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from walstress.database import corpus
 from walstress.database.template import copy_template
 from walstress.faults.base import FaultPlan, WorkerHandle
 from walstress.history import HistoryWriter
@@ -158,6 +159,7 @@ def execute_run(scenario: Scenario, run_dir: Path, template: Path, *, seed: int,
          "template": str(Path(template).absolute())},
         indent=1, default=str))
     layout.make_dirs()
+    corpus.prepare()   # every worker loads the corpus's pools from the cache instead of building them
     history = HistoryWriter(layout.controller_history, flush_records=1, flush_seconds=0)
     history.record({"type": "run_start", "t": time.time(), "pid": os.getpid(), "seed": seed,
                     "duration": scenario.duration})

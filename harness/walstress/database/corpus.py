@@ -26,11 +26,15 @@ fixed seed; a message is assembled by drawing from those pools with
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
+import os
+import pickle
 import random
 import uuid
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 __all__ = ["Corpus", "ROLES", "SOURCES", "TOOL_NAMES", "MODELS"]
@@ -268,7 +272,44 @@ class _Pools:
 
 @lru_cache(maxsize=None)
 def _pools() -> _Pools:
-    return _Pools()
+    """The pools, built once per machine: building them takes most of a second, which every worker
+    process would pay at its start; they are kept in the template cache, keyed by this file's content
+    (the same code builds the same pools)."""
+    path = _pools_cache_path()
+    if path is not None:
+        try:
+            with open(path, "rb") as handle:
+                pools = pickle.load(handle)
+            if isinstance(pools, _Pools):
+                return pools
+        except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ValueError):
+            pass
+    pools = _Pools()
+    if path is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+            with open(temporary, "wb") as handle:
+                pickle.dump(pools, handle, protocol=pickle.HIGHEST_PROTOCOL)
+            os.replace(temporary, path)
+        except OSError:
+            pass
+    return pools
+
+
+def prepare() -> None:
+    """Build (or load) the pools now, so that the worker processes started next find them cached."""
+    _pools()
+
+
+def _pools_cache_path() -> Path | None:
+    from walstress.database.template import default_cache_dir
+
+    try:
+        digest = hashlib.blake2b(Path(__file__).read_bytes(), digest_size=8).hexdigest()
+        return default_cache_dir() / f"corpus-pools-{digest}.pickle"
+    except OSError:
+        return None
 
 
 class Corpus:
