@@ -190,3 +190,31 @@ def test_report_again_keeps_the_run_times_and_the_verdict(clean_run, capsys):
     run_dir = Path(after["cells"][0]["results"][0]["run_dir"])
     assert cli_main(["report", str(run_dir)]) == 0
     assert capsys.readouterr().out.splitlines()[-2].startswith("CLEAN: ")
+
+
+def test_walstress_run_keeps_a_database_only_when_the_run_failed(tmp_path, cache_dir):
+    # cell 1: clean as expected (its database goes); cell 2: expects damage and stays clean (kept: evidence)
+    scenario = tmp_path / "keep.toml"
+    scenario.write_text('name = "keep"\nseed = 2\nduration = "1s"\nexpect = "clean"\n'
+                        '[database]\nschema = "minimal"\npages = 300\n'
+                        '[checkpoint]\nmode = "PASSIVE"\nevery_writes = 20\n'
+                        '[[workers]]\nrole = "writer"\ncount = 1\n'
+                        '[matrix]\n"workers.writer.count" = [1, 2]\n'
+                        '[[expect_when]]\nmatch = {"workers.writer.count" = 2}\nexpect = "damaged"\n')
+    base = [sys.executable, "-m", "walstress", "run", str(scenario), "--quiet", "--cache-dir", str(cache_dir)]
+    subprocess.run([*base, "--out", str(tmp_path / "default")], capture_output=True, timeout=300)
+    clean, missed = (tmp_path / "default" / "cell-000" / "run-000"), (tmp_path / "default" / "cell-001" / "run-000")
+    assert not (clean / "db" / "state.db").exists()
+    note = json.loads((clean / "db" / "pruned.json").read_text())
+    assert note["verdict"] == "clean" and note["bytes"] >= 300 * 4096
+    assert (missed / "db" / "state.db").is_file(), "a run that missed its expectation keeps its database"
+    results = json.loads((tmp_path / "default" / "results.json").read_text())
+    jsonschema.validate(results, SCHEMA)
+    assert results["cells"][0]["results"][0]["db_pruned"] == note["bytes"]
+    # judging again keeps the verdict of a run whose database is gone (its checks cannot run again)
+    again = subprocess.run([sys.executable, "-m", "walstress", "report", str(tmp_path / "default"), "--json"],
+                           capture_output=True, text=True, timeout=300)
+    cells = json.loads(again.stdout)["cells"]
+    assert [c["results"][0]["verdict"] for c in cells] == ["clean", "clean"]
+    subprocess.run([*base, "--out", str(tmp_path / "all"), "--keep", "all"], capture_output=True, timeout=300)
+    assert (tmp_path / "all" / "cell-000" / "run-000" / "db" / "state.db").is_file()

@@ -50,10 +50,12 @@ def load_scenario(source: str | Path | dict, overrides: list[str] | None = None)
 def run(scenario: Scenario | str | Path | dict, out_dir: str | Path | None = None, *,
         overrides: list[str] | None = None, repeat: int | None = None, duration: float | str | None = None,
         cache_dir: str | Path | None = None, console: Any = None,
-        shard: tuple[int, int] | None = None) -> Result:
+        shard: tuple[int, int] | None = None, keep: str = "all") -> Result:
     """Run every cell of a scenario; returns the parsed results.json.
 
     ``duration`` is the same as the override ``duration=...`` (seconds, or a text such as "500ms").
+    ``keep``: which runs keep their database files ("all", the default here: a caller may inspect them;
+    "failed": damaged or not as expected, what ``walstress run`` does; "none").
     """
     overrides = list(overrides or [])
     if duration is not None:
@@ -65,7 +67,8 @@ def run(scenario: Scenario | str | Path | dict, out_dir: str | Path | None = Non
         apply_overrides(scenario, overrides)
     if out_dir is None:
         out_dir = Path("reports") / f"{scenario.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    data = run_scenario(scenario, out_dir, repeat=repeat, cache_dir=cache_dir, console=console, shard=shard)
+    data = run_scenario(scenario, out_dir, repeat=repeat, cache_dir=cache_dir, console=console, shard=shard,
+                        keep=keep)
     return Result(data=data, path=Path(out_dir) / "results.json")
 
 

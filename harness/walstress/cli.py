@@ -43,6 +43,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="no progress output")
     run.add_argument("--shard", metavar="K/N",
                      help="run only the cells whose index %% N == K-1 (join the shards with walstress merge)")
+    run.add_argument("--keep", choices=("failed", "all", "none"), default="failed",
+                     help="which runs keep their database files: failed (default: damaged, or not as expected), "
+                          "all, none; every run keeps its verdict, history, ledger and figures")
 
     build = sub.add_parser("build", help="build a template database")
     build.add_argument("--pages", type=int, default=65536, help="at least this many pages (default 65536)")
@@ -165,7 +168,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
             shard = parse_shard(args.shard)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
-    result = run(scenario, out, repeat=args.repeat, cache_dir=args.cache_dir, console=console, shard=shard)
+    result = run(scenario, out, repeat=args.repeat, cache_dir=args.cache_dir, console=console, shard=shard,
+                 keep=args.keep)
     _after_run(result.data, out)
     if args.json:
         print(json.dumps(result.data, indent=1, default=str))

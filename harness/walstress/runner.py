@@ -23,6 +23,7 @@ from walstress.environment import environment_info
 from walstress.errors import EnvironmentProblem, ScenarioError
 from walstress.faults.base import FaultPlan, build_plan
 from walstress.judge import judge_run, known_causes
+from walstress.layout import RunLayout
 from walstress.scenario import Cell, Scenario, expand_matrix, scenario_to_jsonable
 from walstress.settings import did_you_mean
 
@@ -119,12 +120,18 @@ def summarize_cell(cell_id: str, label: str, params: dict[str, Any], expect: str
 def run_scenario(scenario: Scenario, out_dir: str | Path, *, repeat: int | None = None,
                  cache_dir: str | Path | None = None,
                  console: Any = None, cells_filter: Callable[[list[Cell]], list[Cell]] | None = None,
-                 shard: tuple[int, int] | None = None) -> dict[str, Any]:
+                 shard: tuple[int, int] | None = None, keep: str = "all") -> dict[str, Any]:
     """Run a scenario (all cells x repeats) into out_dir; write and return results.json's content.
 
     ``shard = (K, N)`` runs only the cells whose index % N == K - 1 (cell ids
-    stay global); ``merge_results`` joins the shards' folders again.
+    stay global); ``merge_results`` joins the shards' folders again. ``keep``
+    says which runs keep their database files once judged (``KEEP``): every
+    run, only those whose verdict was damaged or missed the expectation
+    ("failed": what ``walstress run`` does), or none; the verdict, history,
+    ledger and checks stay for all.
     """
+    if keep not in KEEP:
+        raise ValueError(f"keep={keep!r}: one of {', '.join(KEEP)}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
@@ -181,6 +188,8 @@ def run_scenario(scenario: Scenario, out_dir: str | Path, *, repeat: int | None 
                         faults=_fault_plan(cs, seed))
             result = judge_run(run_dir)
             result["repeat_index"] = index
+            if keep == "none" or (keep == "failed" and result["verdict"] == "clean" and matches(cs.expect, "clean")):
+                result["db_pruned"] = prune_database(run_dir, result["verdict"])
             runs.append(result)
             if console:
                 console.run_finished(cell, index, result)
@@ -189,6 +198,29 @@ def run_scenario(scenario: Scenario, out_dir: str | Path, *, repeat: int | None 
         _write_results(results, results_path, started)
     _write_results(results, results_path, started)
     return results
+
+
+KEEP = ("all", "failed", "none")
+PRUNED_NOTE = "pruned.json"
+
+
+def prune_database(run_dir: Path, verdict: str) -> int:
+    """Remove a judged run's database files (its db folder's contents); a note says so. Bytes freed."""
+    folder = RunLayout(run_dir).db_path.parent
+    freed = 0
+    for path in sorted(folder.iterdir()) if folder.is_dir() else []:
+        if path.is_file() and not path.is_symlink():
+            freed += path.stat().st_size
+            path.unlink()
+    if folder.is_dir():
+        (folder / PRUNED_NOTE).write_text(json.dumps({
+            "pruned_at": time.time(), "verdict": verdict, "bytes": freed,
+            "why": "the run was clean as expected: its database was not kept (walstress run --keep all keeps it)"}))
+    return freed
+
+
+def pruned(run_dir: Path) -> bool:
+    return (RunLayout(run_dir).db_path.parent / PRUNED_NOTE).is_file()
 
 
 def _check_causes(cells: list[Cell]) -> None:
@@ -292,7 +324,7 @@ def rejudge_dir(target: str | Path, judge: Callable[[Path], dict[str, Any]] = ju
     """
     target = Path(target)
     if (target / "scenario.json").exists() and not (target / "results.json").exists():
-        run = judge(target)
+        run = _kept_result(target) if pruned(target) else judge(target)
         expect = json.loads((target / "scenario.json").read_text())["scenario"].get("expect", "clean")
         return {"cells": [], "ok": matches(expect, run["verdict"]), "expect": expect, "run": run}
     previous: dict[str, Any] = {}
@@ -304,7 +336,8 @@ def rejudge_dir(target: str | Path, judge: Callable[[Path], dict[str, Any]] = ju
     for cell_dir in sorted(p for p in target.glob("cell-*") if p.is_dir()):
         runs = []
         for run_dir in sorted(p for p in cell_dir.glob("run-*") if (p / "scenario.json").exists()):
-            result = judge(run_dir)
+            # a run whose database was not kept keeps the verdict it was given: its checks cannot run again
+            result = _kept_result(run_dir) if pruned(run_dir) else judge(run_dir)
             result["repeat_index"] = int(run_dir.name.split("-")[-1])
             runs.append(result)
             partial = partial or result["partial"]
@@ -329,6 +362,13 @@ def rejudge_dir(target: str | Path, judge: Callable[[Path], dict[str, Any]] = ju
     results["rejudged_at"] = time.time()
     _write_results(results, target / "results.json", results.get("started_at", time.time()), keep_times=True)
     return results
+
+
+def _kept_result(run_dir: Path) -> dict[str, Any]:
+    result = json.loads(RunLayout(run_dir).run_json.read_text())
+    result.setdefault("partial", False)
+    result["db_pruned"] = json.loads((RunLayout(run_dir).db_path.parent / PRUNED_NOTE).read_text())["bytes"]
+    return result
 
 
 # ------------------------------------------------------------------- shards
