@@ -106,6 +106,14 @@ def _parser() -> argparse.ArgumentParser:
     explain = sub.add_parser("explain", help="say in sentences which factor of a matrix changes the verdict")
     explain.add_argument("results", help="results.json or an output folder")
 
+    bench = sub.add_parser("bench", help="every benchmark next to its baseline, in one run (bench.json, bench.md)")
+    bench.add_argument("--size", choices=("full", "tiny"), default="full",
+                       help="full: the README's sizes (tens of minutes); tiny: small databases, seconds")
+    bench.add_argument("--only", help="comma-separated benchmark numbers (1-11), e.g. 1,3,7")
+    bench.add_argument("--out", help="output folder (default reports/bench-<time>)")
+    bench.add_argument("--cache-dir", help="template cache folder")
+    bench.add_argument("--json", action="store_true", help="print bench.json on stdout")
+
     crash = sub.add_parser("crash", help="record a run's I/O once, then check every crash state a storage model "
                                          "allows (explore), or one saved state again (replay)")
     crash_sub = crash.add_subparsers(dest="crash_command", required=True, parser_class=_Parser)
@@ -379,6 +387,33 @@ def _cmd_crash(args: argparse.Namespace) -> int:
     return EXIT_OK if report["verdict"] == "clean" else EXIT_MISMATCH
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from walstress.bench.suite import format_row, markdown, run_suite
+
+    only = None
+    if args.only:
+        try:
+            only = [int(part) for part in args.only.split(",") if part.strip()]
+        except ValueError:
+            raise UsageError(f"--only {args.only!r}: benchmark numbers separated by commas, e.g. 1,3,7") from None
+    out = Path(args.out) if args.out else Path("reports") / f"bench-{time.strftime('%Y%m%d-%H%M%S')}"
+    progress = None if args.json else (lambda text: print(text, file=sys.stderr, flush=True))
+    try:
+        result = run_suite(args.size, only=only, cache_dir=args.cache_dir, progress=progress)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench.json").write_text(json.dumps(result, indent=1) + "\n")
+    (out / "bench.md").write_text(markdown(result))
+    if args.json:
+        print(json.dumps(result, indent=1))
+    else:
+        for row in result["rows"]:
+            print(format_row(row))
+        print(f"bench: {out / 'bench.json'}, {out / 'bench.md'}")
+    return EXIT_OK
+
+
 def _cmd_watch(args: argparse.Namespace) -> int:
     from walstress.watch import watch
 
@@ -386,7 +421,7 @@ def _cmd_watch(args: argparse.Namespace) -> int:
                  children=args.children, as_json=args.json, show_locks=args.locks)
 
 
-COMMANDS = {"crash": _cmd_crash, "watch": _cmd_watch, "repro": _cmd_repro, "search": _cmd_search, "init": _cmd_init, "run": _cmd_run, "build": _cmd_build, "check": _cmd_check, "report": _cmd_report,
+COMMANDS = {"bench": _cmd_bench, "crash": _cmd_crash, "watch": _cmd_watch, "repro": _cmd_repro, "search": _cmd_search, "init": _cmd_init, "run": _cmd_run, "build": _cmd_build, "check": _cmd_check, "report": _cmd_report,
             "merge": _cmd_merge, "bisect": _cmd_bisect, "explain": _cmd_explain}
 
 

@@ -41,30 +41,37 @@ from walstress.workers.base import WorkerContext
 from walstress.workers.writer import Writer, WriterSettings
 
 
-def _scenario(pages: int, batch: int) -> Any:
+def _scenario(pages: int, batch: int, schema: str = "minimal", synchronous: str = "NORMAL") -> Any:
     return scenario_from_dict({
         "name": "bench-overhead",
-        "database": {"schema": "minimal", "pages": pages},
+        "database": {"schema": schema, "pages": pages, "synchronous": synchronous},
         "checkpoint": {"mode": "NONE"},
         "workers": [{"role": "writer", "count": 1, "batch": batch, "insert_weight": 1, "update_weight": 0,
                      "delete_weight": 0}],
     }, source="<bench>")
 
 
-def _bare_block(db_path: Path, corpus: Corpus, transactions: int, batch: int) -> float:
+def _bare_block(db_path: Path, corpus: Corpus, transactions: int, batch: int, synchronous: str = "NORMAL") -> float:
     conn = sqlite3.connect(str(db_path), timeout=1.0, isolation_level=None)
     try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={synchronous}")
         started = time.perf_counter()
         for _ in range(transactions):
-            conn.execute("BEGIN IMMEDIATE")
-            for _ in range(batch):
-                msg = corpus.message("bench", time.time())
-                conn.execute("INSERT INTO messages(session_id, role, content, timestamp) VALUES (?,?,?,?)",
-                             ("bench", msg["role"], msg["content"], msg["timestamp"]))
-            conn.execute("COMMIT")
+            bare_transaction(conn, corpus, batch)
         return transactions / (time.perf_counter() - started)
     finally:
         conn.close()
+
+
+def bare_transaction(conn: sqlite3.Connection, corpus: Corpus, batch: int, session: str = "bench") -> None:
+    """One write transaction of the writer role's statements and rows, with nothing recorded."""
+    conn.execute("BEGIN IMMEDIATE")
+    for _ in range(batch):
+        msg = corpus.message(session, time.time())
+        conn.execute("INSERT INTO messages(session_id, role, content, timestamp) VALUES (?,?,?,?)",
+                     (session, msg["role"], msg["content"], msg["timestamp"]))
+    conn.execute("COMMIT")
 
 
 def _harness_block(spec: WorkerSpec, history_path: Path, transactions: int) -> float:
@@ -85,9 +92,10 @@ def _harness_block(spec: WorkerSpec, history_path: Path, transactions: int) -> f
 
 
 def measure_overhead(*, pages: int = 2000, transactions: int = 300, blocks: int = 5, batch: int = 2,
+                     schema: str = "minimal", synchronous: str = "NORMAL",
                      cache_dir: str | Path | None = None) -> dict[str, Any]:
-    scenario = _scenario(pages, batch)
-    template, _ = get_template(schema="minimal", pages=pages, page_size=4096, seed=0, cache_dir=cache_dir)
+    scenario = _scenario(pages, batch, schema, synchronous)
+    template, _ = get_template(schema=schema, pages=pages, page_size=4096, seed=0, cache_dir=cache_dir)
     with tempfile.TemporaryDirectory(prefix="walstress-bench-") as tmp:
         run_dir = Path(tmp)
         layout = RunLayout(run_dir)
@@ -98,16 +106,22 @@ def measure_overhead(*, pages: int = 2000, transactions: int = 300, blocks: int 
         corpus = Corpus(1)
         bare: list[float] = []
         harness: list[float] = []
-        _bare_block(db_path, corpus, max(20, transactions // 10), batch)  # warm the page cache
-        for block in range(blocks):
-            bare.append(_bare_block(db_path, corpus, transactions, batch))
-            harness.append(_harness_block(spec, run_dir / "history" / f"bench-{block}.jsonl", transactions))
+        _bare_block(db_path, corpus, max(20, transactions // 10), batch, synchronous)  # warm the page cache
+        for block in range(blocks):   # the order alternates, so that drift hits both sides alike
+            history = run_dir / "history" / f"bench-{block}.jsonl"
+            if block % 2 == 0:
+                bare.append(_bare_block(db_path, corpus, transactions, batch, synchronous))
+                harness.append(_harness_block(spec, history, transactions))
+            else:
+                harness.append(_harness_block(spec, history, transactions))
+                bare.append(_bare_block(db_path, corpus, transactions, batch, synchronous))
         recorded = sum(1 for _ in open(run_dir / "history" / "bench-0.jsonl"))
     ratio = statistics.median(harness) / statistics.median(bare)
     return {
         "what": "write transactions per second, alternating blocks in one process on one database",
         "sqlite_version": sqlite3.sqlite_version,
         "transactions_per_block": transactions, "blocks": blocks, "batch": batch, "pages": pages,
+        "schema": schema, "synchronous": synchronous,
         "bare_tx_per_s": [round(v, 1) for v in bare],
         "harness_tx_per_s": [round(v, 1) for v in harness],
         "harness_over_bare": round(ratio, 3),
@@ -153,7 +167,7 @@ def measure_ledger_api(*, transactions: int = 300, blocks: int = 5, pages: int =
 
     scenario = scenario_from_dict({"name": "bench-ledger-api", "database": {"schema": "minimal", "pages": pages},
                                    "checkpoint": {"mode": "NONE"},
-                                   "workers": [{"role": "python", "entry": "walstress.bench:user_function"}]},
+                                   "workers": [{"role": "python", "entry": "walstress.bench.overhead:user_function"}]},
                                   source="<bench>")
     template, _ = get_template(schema="minimal", pages=pages, page_size=4096, seed=0, cache_dir=cache_dir)
     with tempfile.TemporaryDirectory(prefix="walstress-bench-") as tmp:

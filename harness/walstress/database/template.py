@@ -230,6 +230,22 @@ def _fill(
     return {"messages": next_id - 1, "sessions": session_count}
 
 
+def corpus_rows(schema: str, seed: int, sessions: int) -> tuple[list[tuple], list[tuple]]:
+    """The (message rows, session rows) the first ``sessions`` sessions of a build with ``seed`` insert,
+    in the same order: what a baseline bulk load of the same data needs."""
+    schema_def = SCHEMAS[schema]
+    corpus, plan_rng = Corpus(seed), random.Random(f"walstress-build-{seed}")
+    messages: list[tuple] = []
+    session_rows: list[tuple] = []
+    session_ids: list[str] = []
+    for _ in range(sessions):
+        rows, row = _session_rows(corpus, plan_rng, 1 + len(messages), session_ids, schema_def.has_sessions)
+        messages.extend(rows)
+        if row is not None:
+            session_rows.append(row)
+    return messages, session_rows
+
+
 def _session_rows(
     corpus: Corpus,
     plan_rng: random.Random,

@@ -1,0 +1,5 @@
+import sys
+
+from walstress.bench.overhead import main
+
+sys.exit(main())
