@@ -8,11 +8,11 @@
     nox -s stress             full-size (65K pages) healthy stress, a matrix of checkpoint modes
     nox -s repro              every shipped reproduction (scenarios/*.toml but smoke) against its expect
     nox -s sqlite             the smoke scenario on each SQLite version in SQLITE_VERSIONS (apsw)
-    nox -s bench              throughput and latency of a full-size healthy run
+    nox -s bench              walstress bench at full size: every benchmark next to its baseline
     nox -s crash              every shipped crash exploration (scenarios/crash/) against its verdict
     nox -s damage             `walstress check` on 2,000 damaged databases (the damage corpus)
 
-For smoke, stress, repro, sqlite and bench, arguments after ``--`` pass
+For smoke, stress, repro and sqlite, arguments after ``--`` pass
 through to ``walstress run`` (e.g. ``-- --duration 5 --set seed=3`` or
 ``-- --shard 2/4``); scenario files given first replace the session's
 default scenarios. Output goes to reports/nox-<session>-<time>/ unless
@@ -243,47 +243,14 @@ def sqlite(session: nox.Session, version: str) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Throughput and latency of a full-size healthy run (PASSIVE and TRUNCATE) and the cost of the
-    harness's instrumentation (walstress/bench.py: walstress vs bare write loop), saved as bench.json."""
-    _install(session)
-    scenarios, _given, args = _split_posargs(session, [SMOKE])
-    root, args = _take_out("bench", args)
-    extra = ["database.schema=hermes", "database.pages=65536", 'checkpoint.mode=["PASSIVE", "TRUNCATE"]',
-             "duration=20s"]
-    rows = []
-    for scenario, out in _outs(root, scenarios):
-        data = _walstress_run(session, scenario, out, args, extra)
-        for cell in (data or {}).get("cells", []):
-            for run in cell["results"]:
-                seconds = run["duration_s"] or 1.0
-                rows.append({
-                    "scenario": Path(scenario).stem, "cell": cell["label"], "verdict": run["verdict"],
-                    "seconds": seconds, "sqlite": run["sqlite"]["worker_versions"],
-                    "ops_per_s": {kind: round(v.get("ok", 0) / seconds, 1) for kind, v in run["ops"].items()},
-                    "write_ms": run["latency_ms"].get("write", {}),
-                    "checkpoint_ms": run["latency_ms"].get("checkpoint", {}),
-                    "wal_peak_bytes": run["wal_peak_bytes"],
-                })
-    for row in rows:
-        write = row["write_ms"]
-        session.log(f"{row['scenario']} [{row['cell']}] {row['verdict']}: ops/s {row['ops_per_s']}, "
-                    f"write p50 {write.get('p50_ms')} p99 {write.get('p99_ms')} max {write.get('max_ms')} ms, "
-                    f"WAL peak {row['wal_peak_bytes'] / 2**20:.1f} MiB")
-    # ratios are taken within one run, never across runs (these machines are noisy)
-    by_mode = {row["cell"]: row for row in rows if row["scenario"] == Path(scenarios[0]).stem}
-    passive, truncate = by_mode.get("mode=PASSIVE"), by_mode.get("mode=TRUNCATE")
-    ratios = {}
-    if passive and truncate and truncate["ops_per_s"].get("write"):
-        ratios["write_ops_passive_over_truncate"] = round(
-            passive["ops_per_s"].get("write", 0) / truncate["ops_per_s"]["write"], 3)
-        session.log(f"PASSIVE / TRUNCATE write throughput: {ratios['write_ops_passive_over_truncate']}")
-    root.mkdir(parents=True, exist_ok=True)
-    overhead = root / "overhead.json"
-    session.run("python", "-m", "walstress.bench", "--lock-watch", "--out", str(overhead))
-    ratios["harness_over_bare"] = json.loads(overhead.read_text())["harness_over_bare"]
-    session.log(f"harness / bare write loop: {ratios['harness_over_bare']}")
-    (root / "bench.json").write_text(json.dumps({"runs": rows, "ratios": ratios}, indent=1) + "\n")
-    session.log(f"bench: {root / 'bench.json'}")
+    """Every benchmark of ``walstress bench`` at full size, each next to its baseline (bench.json, bench.md);
+    arguments after ``--`` go to walstress bench (e.g. ``-- --only 1,3,7`` or ``-- --size tiny``)."""
+    _install(session, "apsw")   # the WAL-reset race on SQLite 3.51.2 needs apsw
+    root, args = _take_out("bench", list(session.posargs))
+    if not any(a == "--size" or a.startswith("--size=") for a in args):
+        args = ["--size", "full", *args]
+    session.run("walstress", "bench", *args, "--out", str(root))
+    session.log((root / "bench.md").read_text())
 
 
 # The crash explorations and what each must find: (scenario, extra arguments, verdict)

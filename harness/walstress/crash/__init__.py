@@ -148,6 +148,9 @@ def explore(target: str | Path, out_dir: str | Path, *, overrides: list[str] | N
                  f"with {jobs} process(es)")
     results, elapsed, stopped = _check_all(run_dir, out, descriptors, model, after, scenario, jobs, max_states,
                                           budget_s, sum(len(c) for c in trace.initial.values()), progress)
+    if stopped == "every state checked" and len(descriptors) < sum(possible.values()):
+        stopped = (f"every one of the {len(descriptors)} states sampled for the budget of {max_states} checked "
+                   f"({len(descriptors) - len(results)} were the same as another)")
     report = _summarize(run_dir, trace, model, after, scenario, possible, results, elapsed, stopped, jobs,
                         len(acks), len(cuts), t0)
     _write_failing(out, run_dir, model, after, report)
