@@ -380,7 +380,7 @@ def _cmd_crash(args: argparse.Namespace) -> int:
         totals = report["totals"]
         print(f"{totals['explored']} distinct crash states checked of {totals['possible']} ({report['model']}, "
               f"stopped by {report['stopped_by']}, {report['states_per_second']} states/s): {totals['clean']} clean, "
-              f"{totals['lost_synced']} lost synced commits, {totals['corrupt']} corrupt")
+              f"{totals['lost_synced']} with synced commits lost, {totals['corrupt']} corrupt")
         for state in report["failing"][:3]:
             print(f"  {state['verdict']}: {state['why']} -> {state.get('file')}")
         print(f"report: {out / 'crash.md'}")
@@ -398,13 +398,17 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             raise UsageError(f"--only {args.only!r}: benchmark numbers separated by commas, e.g. 1,3,7") from None
     out = Path(args.out) if args.out else Path("reports") / f"bench-{time.strftime('%Y%m%d-%H%M%S')}"
     progress = None if args.json else (lambda text: print(text, file=sys.stderr, flush=True))
+
+    def save(result: dict) -> None:   # after every benchmark: a suite stopped half way keeps its rows
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "bench.json").write_text(json.dumps(result, indent=1) + "\n")
+        (out / "bench.md").write_text(markdown(result))
+
     try:
-        result = run_suite(args.size, only=only, cache_dir=args.cache_dir, progress=progress)
+        result = run_suite(args.size, only=only, cache_dir=args.cache_dir, progress=progress, on_rows=save)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "bench.json").write_text(json.dumps(result, indent=1) + "\n")
-    (out / "bench.md").write_text(markdown(result))
+    save(result)
     if args.json:
         print(json.dumps(result, indent=1))
     else:

@@ -28,7 +28,7 @@ from walstress.crash.check import build_position, check_chunk, init_worker, repl
 from walstress.crash.model import (CLASSES, MODEL_CLASSES, MODELS, Cut, Trace, Variant, cut_points, load_trace,
                                    variants, windows)
 from walstress.errors import UsageError, WalstressError
-from walstress.faults.trace import TRACE_DIR
+from walstress.faults.trace import INITIAL_DIR, TRACE_DIR
 from walstress.ledger import read_ledger
 
 __all__ = ["explore", "replay", "MODELS", "CLASSES"]
@@ -76,9 +76,10 @@ def record(target: str | Path, out_dir: Path, overrides: list[str], *, cache_dir
 
 def _descriptors(trace: Trace, cuts: list[Cut], model: str, classes: tuple[str, ...],
                  possible: dict[str, int], budget: int | None = None) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
-    """The (cut, variant) pairs to check, class by class. With a ``budget`` of states, each class gets an
-    even share (what a smaller class leaves goes to the next): a class with more states than its share
-    is taken at an even stride over the trace, so that every part of it is explored."""
+    """The (cut, variant) pairs to check. With a ``budget`` of states, each class gets an even share (what
+    a smaller class leaves goes to the next), taken at an even stride over the trace so that every part of
+    it is explored; the classes are handed out in turns, a chunk at a time, so that a check stopped by its
+    budget has explored every class alike."""
     per_cut: list[tuple[Cut, list[Variant]]] = []
     for cut in cuts:
         lying = model == "lying"
@@ -87,18 +88,27 @@ def _descriptors(trace: Trace, cuts: list[Cut], model: str, classes: tuple[str, 
         for v in found:
             possible[v.cls] = possible.get(v.cls, 0) + 1
     left = budget
+    queues: list[list[tuple[int, Cut, Variant]]] = []
     for number, cls in enumerate(classes):
         # in the order of the position the files are built at, so each checking process moves forward
         chosen = sorted(((build_position(cut, v, model), cut, v) for cut, found in per_cut for v in found
                          if v.cls == cls), key=lambda item: (item[0], item[1].position))
         if left is not None:
             share = -(-left // (len(classes) - number))
-            if len(chosen) > share:
+            if share == 0:
+                chosen = []
+            elif len(chosen) > share:
                 stride = len(chosen) / share
                 chosen = [chosen[int(i * stride)] for i in range(share)]
             left = max(0, left - len(chosen))
-        for _, cut, v in chosen:
-            yield ({"position": cut.position, "reason": cut.reason, "wall": cut.wall}, v.to_dict())
+        queues.append(chosen)
+    turn = 0
+    while any(queues):
+        for queue in queues:   # a chunk of each class in turn (a chunk goes to one checking process)
+            for _, cut, v in queue[turn * CHUNK:(turn + 1) * CHUNK]:
+                yield ({"position": cut.position, "reason": cut.reason, "wall": cut.wall}, v.to_dict())
+        turn += 1
+        queues = [q if len(q) > turn * CHUNK else [] for q in queues]
 
 
 def _chunks(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
@@ -149,10 +159,10 @@ def explore(target: str | Path, out_dir: str | Path, *, overrides: list[str] | N
     results, elapsed, stopped = _check_all(run_dir, out, descriptors, model, after, scenario, jobs, max_states,
                                           budget_s, sum(len(c) for c in trace.initial.values()), progress)
     if stopped == "every state checked" and len(descriptors) < sum(possible.values()):
-        stopped = (f"every one of the {len(descriptors)} states sampled for the budget of {max_states} checked "
-                   f"({len(descriptors) - len(results)} were the same as another)")
+        stopped = "the sampled states ran out"
     report = _summarize(run_dir, trace, model, after, scenario, possible, results, elapsed, stopped, jobs,
                         len(acks), len(cuts), t0)
+    report["sampled"] = len(descriptors)   # the states handed to the checking processes (before dedup)
     _write_failing(out, run_dir, model, after, report)
     (out / "crash.json").write_text(json.dumps(report, indent=1, default=str))
     from walstress.crash.report import write_report
@@ -280,7 +290,8 @@ def replay(state_file: str | Path, *, keep: str | Path | None = None) -> dict[st
         raise UsageError(f"crash replay: {path} is not a crash state file ({exc})") from None
     if not (run_dir / TRACE_DIR).is_dir():
         raise WalstressError(f"crash replay: the recorded run {run_dir} is gone; its trace is needed")
-    folder = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="walstress-replay-", dir=_scratch())) / "state"
+    need = 4 * sum(p.stat().st_size for p in (run_dir / TRACE_DIR / INITIAL_DIR).iterdir() if p.is_file())
+    folder = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="walstress-replay-", dir=_scratch(need))) / "state"
     try:
         result = replay_state(run_dir, cut, variant, data.get("model", "posix-weak"), data.get("after_cut", "none"),
                               _scenario_of(run_dir), folder, _sqlite_paths(run_dir))

@@ -50,7 +50,7 @@ class Plan:
     lying: bool
     wal_sync_begins: list[float] = field(default_factory=list)   # wall clock, ascending
     every: list[Expected] = field(default_factory=list)         # every row an acknowledged commit wrote
-    _cache: dict[float, Any] = field(default_factory=dict, repr=False)
+    _cache: dict[Any, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
     def of(cls, run_dir: Path, trace: Trace, scenario: dict[str, Any], model: str) -> "Plan":
@@ -79,6 +79,19 @@ class Plan:
             earlier = [t for t in self.wal_sync_begins if t < cut.wall]
             return earlier[-1] if earlier else float("-inf")
         return float("-inf")
+
+    def expectations_key(self, cut: Cut) -> str:
+        """A digest of what a state at ``cut`` is judged against (each required and optional row)."""
+        key = ("key", cut.wall)
+        if key not in self._cache:
+            required, optional = self.expectations(cut)
+            digest = hashlib.blake2b(digest_size=12)
+            for label, rows in (("r", required), ("o", optional)):
+                for ref in sorted(rows, key=str):
+                    exp = rows[ref]
+                    digest.update(f"{label}{ref}={exp.deleted}:{exp.crc};".encode())
+            self._cache[key] = digest.hexdigest()
+        return str(self._cache[key])
 
     def expectations(self, cut: Cut) -> tuple[dict[Ref, Expected], dict[Ref, Expected]]:
         """(required, allowed to be lost): by each row's last change prepared before the cut."""
@@ -116,19 +129,25 @@ _W: dict[str, Any] = {}
 
 def init_worker(run_dir: str, folder: str, sqlite_paths: list[str], model: str, after_cut: str,
                 scenario: dict[str, Any]) -> None:
+    """A checking process of the pool: Ctrl-C is the explorer's, and the process dies with it, removing
+    its states (the last one removes the folder)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is the explorer's: it ends the pool
-    # a killed explorer leaves no checking process, nor the states' folder, behind: each process
-    # removes its own states when it ends, and the last one the folder
     mine = Path(folder) / f"w{os.getpid()}"
     signal.signal(signal.SIGTERM, lambda *_: _remove(mine, then_exit=True))
     multiprocessing.util.Finalize(None, _remove, args=(mine,), exitpriority=10)
     die_with_parent()
+    init_state(run_dir, mine, sqlite_paths, model, after_cut, scenario)
+
+
+def init_state(run_dir: str, folder: Path, sqlite_paths: list[str], model: str, after_cut: str,
+               scenario: dict[str, Any]) -> None:
+    """What checking states needs: the trace, the plan, a builder, caches; states go to ``folder``."""
     for path in reversed(sqlite_paths):
         if path not in sys.path:
             sys.path.insert(0, path)
     trace = load_trace(run_dir)
     _W.clear()
-    _W.update(trace=trace, builder=Builder(trace), folder=mine, model=model,
+    _W.update(trace=trace, builder=Builder(trace), folder=folder, model=model,
               after_cut=after_cut, plan=Plan.of(Path(run_dir), trace, scenario, model), on_disk={},
               states={}, recovered={}, wins=(None, None))
 
@@ -178,9 +197,8 @@ def check_one(cut: Cut, variant: Variant) -> dict[str, Any]:
     recovered: Recovered = _W["recovered"][logical]
     plan: Plan = _W["plan"]
     verdict, lost_synced, lost_unsynced, reason = judge_state(recovered, plan, cut)
-    required, optional = plan.expectations(cut)
-    # the same files judged against the same commits are the same crash state
-    state = f"{built.key}:{len(required)}:{len(optional)}"
+    # the same files judged against the same expected rows are the same crash state
+    state = f"{built.key}:{plan.expectations_key(cut)}"
     return {"position": cut.position, "reason": cut.reason, "wall": cut.wall, "variant": variant.to_dict(),
             "key": state, "logical": logical, "verdict": verdict, "lost_synced": lost_synced,
             "lost_unsynced": lost_unsynced, "why": reason}
@@ -380,6 +398,5 @@ def replay_state(run_dir: Path, cut: Cut, variant: Variant, model: str, after: s
     """Build and check one state in this process (``walstress crash replay``); its files stay in folder."""
     if folder.exists():
         shutil.rmtree(folder)
-    init_worker(str(run_dir), str(folder.parent), sqlite_paths, model, after, scenario)
-    _W["folder"] = folder
+    init_state(str(run_dir), folder, sqlite_paths, model, after, scenario)
     return check_one(cut, variant)
