@@ -87,6 +87,12 @@ def collect_findings(run: RunEvidence) -> list[Finding]:
 
 def judge_run(run_dir: str | Path) -> dict[str, Any]:
     layout = RunLayout(run_dir)
+    if layout.pruned_note.is_file() and layout.run_json.is_file():
+        # the database was not kept: its checks cannot run again, so the run keeps the verdict it was given
+        kept = json.loads(layout.run_json.read_text())
+        kept.setdefault("partial", False)
+        kept["db_pruned"] = json.loads(layout.pruned_note.read_text())["bytes"]
+        return kept
     meta = json.loads(layout.scenario_json.read_text())
     scenario = meta["scenario"]
     records = read_history(layout.history_dir)

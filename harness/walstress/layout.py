@@ -46,6 +46,11 @@ class RunLayout:
         return self.run_dir / "db" / DB_NAME
 
     @property
+    def pruned_note(self) -> Path:
+        """Written in place of the database files when they were not kept (``walstress run --keep``)."""
+        return self.run_dir / "db" / "pruned.json"
+
+    @property
     def go(self) -> Path:
         return self.control_dir / "go"
 

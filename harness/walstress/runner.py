@@ -189,7 +189,7 @@ def run_scenario(scenario: Scenario, out_dir: str | Path, *, repeat: int | None 
             result = judge_run(run_dir)
             result["repeat_index"] = index
             if keep == "none" or (keep == "failed" and result["verdict"] == "clean" and matches(cs.expect, "clean")):
-                result["db_pruned"] = prune_database(run_dir, result["verdict"])
+                result["db_pruned"] = prune_database(run_dir, result["verdict"], keep)
             runs.append(result)
             if console:
                 console.run_finished(cell, index, result)
@@ -201,26 +201,23 @@ def run_scenario(scenario: Scenario, out_dir: str | Path, *, repeat: int | None 
 
 
 KEEP = ("all", "failed", "none")
-PRUNED_NOTE = "pruned.json"
 
 
-def prune_database(run_dir: Path, verdict: str) -> int:
+def prune_database(run_dir: Path, verdict: str, keep: str) -> int:
     """Remove a judged run's database files (its db folder's contents); a note says so. Bytes freed."""
-    folder = RunLayout(run_dir).db_path.parent
+    layout = RunLayout(run_dir)
+    folder = layout.pruned_note.parent
     freed = 0
     for path in sorted(folder.iterdir()) if folder.is_dir() else []:
         if path.is_file() and not path.is_symlink():
             freed += path.stat().st_size
             path.unlink()
+    why = ("keep = none: no run keeps its database" if keep == "none" else
+           "the run was clean as expected: its database was not kept (walstress run --keep all keeps it)")
     if folder.is_dir():
-        (folder / PRUNED_NOTE).write_text(json.dumps({
-            "pruned_at": time.time(), "verdict": verdict, "bytes": freed,
-            "why": "the run was clean as expected: its database was not kept (walstress run --keep all keeps it)"}))
+        layout.pruned_note.write_text(json.dumps({"pruned_at": time.time(), "verdict": verdict, "bytes": freed,
+                                                  "keep": keep, "why": why}))
     return freed
-
-
-def pruned(run_dir: Path) -> bool:
-    return (RunLayout(run_dir).db_path.parent / PRUNED_NOTE).is_file()
 
 
 def _check_causes(cells: list[Cell]) -> None:
@@ -324,7 +321,7 @@ def rejudge_dir(target: str | Path, judge: Callable[[Path], dict[str, Any]] = ju
     """
     target = Path(target)
     if (target / "scenario.json").exists() and not (target / "results.json").exists():
-        run = _kept_result(target) if pruned(target) else judge(target)
+        run = judge(target)
         expect = json.loads((target / "scenario.json").read_text())["scenario"].get("expect", "clean")
         return {"cells": [], "ok": matches(expect, run["verdict"]), "expect": expect, "run": run}
     previous: dict[str, Any] = {}
@@ -336,8 +333,7 @@ def rejudge_dir(target: str | Path, judge: Callable[[Path], dict[str, Any]] = ju
     for cell_dir in sorted(p for p in target.glob("cell-*") if p.is_dir()):
         runs = []
         for run_dir in sorted(p for p in cell_dir.glob("run-*") if (p / "scenario.json").exists()):
-            # a run whose database was not kept keeps the verdict it was given: its checks cannot run again
-            result = _kept_result(run_dir) if pruned(run_dir) else judge(run_dir)
+            result = judge(run_dir)
             result["repeat_index"] = int(run_dir.name.split("-")[-1])
             runs.append(result)
             partial = partial or result["partial"]
@@ -362,13 +358,6 @@ def rejudge_dir(target: str | Path, judge: Callable[[Path], dict[str, Any]] = ju
     results["rejudged_at"] = time.time()
     _write_results(results, target / "results.json", results.get("started_at", time.time()), keep_times=True)
     return results
-
-
-def _kept_result(run_dir: Path) -> dict[str, Any]:
-    result = json.loads(RunLayout(run_dir).run_json.read_text())
-    result.setdefault("partial", False)
-    result["db_pruned"] = json.loads((RunLayout(run_dir).db_path.parent / PRUNED_NOTE).read_text())["bytes"]
-    return result
 
 
 # ------------------------------------------------------------------- shards
