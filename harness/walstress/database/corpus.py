@@ -32,6 +32,7 @@ import json
 import os
 import pickle
 import random
+import sys
 import uuid
 from functools import lru_cache
 from pathlib import Path
@@ -273,8 +274,8 @@ class _Pools:
 @lru_cache(maxsize=None)
 def _pools() -> _Pools:
     """The pools, built once per machine: building them takes most of a second, which every worker
-    process would pay at its start; they are kept in the template cache, keyed by this file's content
-    (the same code builds the same pools)."""
+    process would pay at its start; they are kept in the cache folder, keyed by this file's content and
+    the Python version (the same code builds the same pools)."""
     path = _pools_cache_path()
     if path is not None:
         try:
@@ -282,19 +283,26 @@ def _pools() -> _Pools:
                 pools = pickle.load(handle)
             if isinstance(pools, _Pools):
                 return pools
-        except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ValueError):
+        except Exception:   # missing, or a file that is not what this code wrote: build anew
             pass
     pools = _Pools()
     if path is not None:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-            with open(temporary, "wb") as handle:
-                pickle.dump(pools, handle, protocol=pickle.HIGHEST_PROTOCOL)
-            os.replace(temporary, path)
-        except OSError:
-            pass
+        _save(pools, path)
     return pools
+
+
+def _save(pools: _Pools, path: Path) -> None:
+    temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(temporary, "wb") as handle:
+            pickle.dump(pools, handle, protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(temporary, path)
+        for stale in path.parent.glob("corpus-pools-*.pickle"):   # what older code or Pythons left
+            if stale != path:
+                stale.unlink(missing_ok=True)
+    except OSError:
+        temporary.unlink(missing_ok=True)
 
 
 def prepare() -> None:
@@ -306,7 +314,7 @@ def _pools_cache_path() -> Path | None:
     from walstress.database.template import default_cache_dir
 
     try:
-        digest = hashlib.blake2b(Path(__file__).read_bytes(), digest_size=8).hexdigest()
+        digest = hashlib.blake2b(Path(__file__).read_bytes() + sys.version.encode(), digest_size=8).hexdigest()
         return default_cache_dir() / f"corpus-pools-{digest}.pickle"
     except OSError:
         return None
