@@ -60,8 +60,9 @@ def check_database(path, *, workdir=None) -> dict:
     """Diagnose the database at ``path`` without modifying it.
 
     verdict: "healthy" (integrity_check and every FTS5 check ok), "damaged"
-    (any problem, including a corruption error while opening) or "error"
-    (missing, unreadable, or not an SQLite database at all). With
+    (anything else SQLite says of a file it was given, a file it cannot open
+    at all included) or "error" (the file could not be looked at: missing,
+    not a regular file, unreadable, or the copy failed). With
     ``workdir`` the copy is kept in a new directory under it
     (``copy_dir``); otherwise it is deleted.
     """
@@ -108,6 +109,8 @@ def check_database(path, *, workdir=None) -> dict:
     if workdir is not None:
         Path(workdir).mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="walstress-check-", dir=workdir))
+    if workdir is not None:
+        result["copy_dir"] = str(tmp)
     try:
         status, stable = copy_database(src, tmp)
         result["copy_stable"] = stable
@@ -123,8 +126,6 @@ def check_database(path, *, workdir=None) -> dict:
         if result["copied_wal"]:
             result["wal_bytes"] = wal.stat().st_size
         verdict = _check_copy(copy, result, stable)
-        if workdir is not None:
-            result["copy_dir"] = str(tmp)
         return done(*verdict)
     except Exception as exc:  # the diagnosis must answer, whatever happens
         return done(ERROR, f"check failed: {type(exc).__name__}: {exc}")
@@ -169,7 +170,7 @@ def _check_copy(copy: Path, result: dict, stable: bool) -> tuple[str, str]:
     result["not_checked"] = _not_checked(integ, head)
 
     if integ.ok:
-        if head["state"] == "empty":
+        if head["state"] == "empty" and not (wal or {}).get("frames_with_salt"):
             return HEALTHY, ("empty file (0 bytes): SQLite opens it as an empty database, no tables "
                              "(integrity_check ok)")
         checked = [t for t, v in integ.fts.items() if v == "ok"]
@@ -248,6 +249,10 @@ def _file_lines(result: dict) -> list[str]:
     if wal.get("problems"):
         lines.append(f"  -wal: {wal.get('frames', 0)} frames, {wal.get('frames_with_salt', 0)} with the header's "
                      f"salt: " + "; ".join(wal["problems"]))
+    counts = result.get("row_counts") or {}
+    if counts:
+        shown = ", ".join(f"{name} {count}" for name, count in list(counts.items())[:8])
+        lines.append(f"  rows: {shown}" + (f" (+{len(counts) - 8} tables)" if len(counts) > 8 else ""))
     for item in result.get("not_checked") or []:
         lines.append(f"  not checked: {item}")
     return lines
