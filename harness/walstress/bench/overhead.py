@@ -6,9 +6,11 @@ Runs, in one process and on one database, alternating blocks of the same
 write transactions (BEGIN IMMEDIATE; insert a batch of corpus messages;
 COMMIT) two ways:
 
-    bare      plain sqlite3 calls, nothing recorded
+    bare      the writer role's statements, rows and connection in a plain
+              BEGIN IMMEDIATE ... COMMIT loop, nothing recorded
     harness   the writer role itself: history records, ledger lines
-              (one unbuffered write before and one after each COMMIT)
+              (one unbuffered write before and one after each COMMIT),
+              the retry wrapper
 
 and reports the transactions per second of each block and the ratio of the
 medians (harness / bare). ``--lock-watch`` adds the lock watch's cost: its
@@ -20,6 +22,8 @@ both sides alike; a ratio is taken in one run, never across runs.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import json
 import sqlite3
 import statistics
@@ -28,7 +32,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from walstress.catalog import scenario_from_dict
 from walstress.controller import build_specs, prepare_database
@@ -51,19 +55,6 @@ def _scenario(pages: int, batch: int, schema: str = "minimal", synchronous: str 
     }, source="<bench>")
 
 
-def _bare_block(db_path: Path, corpus: Corpus, transactions: int, batch: int, synchronous: str = "NORMAL") -> float:
-    conn = sqlite3.connect(str(db_path), timeout=1.0, isolation_level=None)
-    try:
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute(f"PRAGMA synchronous={synchronous}")
-        started = time.perf_counter()
-        for _ in range(transactions):
-            bare_transaction(conn, corpus, batch)
-        return transactions / (time.perf_counter() - started)
-    finally:
-        conn.close()
-
-
 def bare_transaction(conn: sqlite3.Connection, corpus: Corpus, batch: int, session: str = "bench") -> None:
     """One write transaction of the writer role's statements and rows, with nothing recorded."""
     conn.execute("BEGIN IMMEDIATE")
@@ -74,21 +65,41 @@ def bare_transaction(conn: sqlite3.Connection, corpus: Corpus, batch: int, sessi
     conn.execute("COMMIT")
 
 
-def _harness_block(spec: WorkerSpec, history_path: Path, transactions: int) -> float:
+@contextlib.contextmanager
+def _writer(spec: WorkerSpec, history_path: Path) -> Iterator[Writer]:
+    """The writer role, set up on the spec's database, torn down afterwards."""
     history = HistoryWriter(history_path)
     ctx = WorkerContext(spec=spec, settings=WriterSettings(**spec.settings), history=history, stop=threading.Event())
     writer = Writer(ctx, 0)
     writer.setup()
     try:
-        started = time.perf_counter()
-        for _ in range(transactions):
-            writer.step()
-        rate = transactions / (time.perf_counter() - started)
+        yield writer
     finally:
         writer.teardown()
         history.close()
         ctx.close()
-    return rate
+
+
+def _bare_writer_block(spec: WorkerSpec, history_path: Path, transactions: int, batch: int) -> float:
+    """The writer role's own transactions (its connection and PRAGMAs, its statements and rows), in a plain
+    BEGIN/COMMIT loop: no ledger lines, no history records, no retry wrapper."""
+    with _writer(spec, history_path) as writer:
+        conn = writer.acquire()
+        started = time.perf_counter()
+        for _ in range(transactions):
+            conn.execute("BEGIN IMMEDIATE")
+            _ops, commit_local = writer.do_insert(conn, batch)
+            conn.execute("COMMIT")
+            commit_local()
+        return transactions / (time.perf_counter() - started)
+
+
+def _harness_block(spec: WorkerSpec, history_path: Path, transactions: int) -> float:
+    with _writer(spec, history_path) as writer:
+        started = time.perf_counter()
+        for _ in range(transactions):
+            writer.step()
+        return transactions / (time.perf_counter() - started)
 
 
 def measure_overhead(*, pages: int = 2000, transactions: int = 300, blocks: int = 5, batch: int = 2,
@@ -103,18 +114,20 @@ def measure_overhead(*, pages: int = 2000, transactions: int = 300, blocks: int 
         db_path = layout.db_path
         facts = prepare_database(template, db_path, scenario)
         spec = build_specs(scenario, layout, facts, seed=1, sqlite_paths=[], pragmas=[])[0]
-        corpus = Corpus(1)
         bare: list[float] = []
         harness: list[float] = []
-        _bare_block(db_path, corpus, max(20, transactions // 10), batch, synchronous)  # warm the page cache
+        unrecorded = run_dir / "history" / "bare.jsonl"   # the bare loop records nothing in it
+        _bare_writer_block(spec, unrecorded, max(20, transactions // 10), batch)  # warm the page cache
         for block in range(blocks):   # the order alternates, so that drift hits both sides alike
             history = run_dir / "history" / f"bench-{block}.jsonl"
+            # each block's writer its own seed: new sessions (hermes) get new ids, not the last block's
+            mine, theirs = (dataclasses.replace(spec, seed=spec.seed + 2 * block + side) for side in (1, 2))
             if block % 2 == 0:
-                bare.append(_bare_block(db_path, corpus, transactions, batch, synchronous))
-                harness.append(_harness_block(spec, history, transactions))
+                bare.append(_bare_writer_block(theirs, unrecorded, transactions, batch))
+                harness.append(_harness_block(mine, history, transactions))
             else:
-                harness.append(_harness_block(spec, history, transactions))
-                bare.append(_bare_block(db_path, corpus, transactions, batch, synchronous))
+                harness.append(_harness_block(mine, history, transactions))
+                bare.append(_bare_writer_block(theirs, unrecorded, transactions, batch))
         recorded = sum(1 for _ in open(run_dir / "history" / "bench-0.jsonl"))
     ratio = statistics.median(harness) / statistics.median(bare)
     return {

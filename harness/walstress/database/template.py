@@ -163,15 +163,7 @@ def _fill(
 
     corpus = Corpus(seed)
     plan_rng = random.Random(f"walstress-build-{seed}")
-    if schema.has_sessions:
-        insert_message = (
-            "INSERT INTO messages(id, session_id, role, content, tool_call_id, tool_calls, "
-            "tool_name, timestamp, token_count, finish_reason) VALUES (?,?,?,?,?,?,?,?,?,?)"
-        )
-    else:
-        insert_message = (
-            "INSERT INTO messages(id, session_id, role, content, timestamp) VALUES (?,?,?,?,?)"
-        )
+    insert_message = insert_statement("messages", message_columns(schema.has_sessions))
     fill_fts = [
         f"INSERT INTO {table}(rowid, content) "
         "SELECT id, content FROM messages WHERE id >= ? ORDER BY id"
@@ -204,12 +196,7 @@ def _fill(
         next_id += len(message_rows)
         conn.execute("BEGIN")
         if session_rows:
-            conn.executemany(
-                "INSERT INTO sessions(id, source, user_id, model, parent_session_id, started_at, "
-                "ended_at, message_count, tool_call_count, input_tokens, output_tokens, title) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                session_rows,
-            )
+            conn.executemany(insert_statement("sessions", SESSION_COLUMNS), session_rows)
         conn.executemany(insert_message, message_rows)
         for statement in fill_fts:
             conn.execute(statement, (first_id,))
@@ -228,6 +215,22 @@ def _fill(
         conn.execute(statement)
     conn.execute("COMMIT")
     return {"messages": next_id - 1, "sessions": session_count}
+
+
+SESSION_COLUMNS = ("id", "source", "user_id", "model", "parent_session_id", "started_at", "ended_at",
+                   "message_count", "tool_call_count", "input_tokens", "output_tokens", "title")
+
+
+def message_columns(has_sessions: bool) -> tuple[str, ...]:
+    """The columns of a built message row (``_session_rows``), in their order."""
+    if has_sessions:
+        return ("id", "session_id", "role", "content", "tool_call_id", "tool_calls", "tool_name", "timestamp",
+                "token_count", "finish_reason")
+    return ("id", "session_id", "role", "content", "timestamp")
+
+
+def insert_statement(table: str, columns: tuple[str, ...]) -> str:
+    return f"INSERT INTO {table}({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
 
 
 def corpus_rows(schema: str, seed: int, sessions: int) -> tuple[list[tuple], list[tuple]]:
