@@ -482,6 +482,8 @@ def bench_figures(size: dict[str, Any], work: Path, cache_dir: Path | None) -> l
 # ------------------------------------------------------------------ 10: memory
 def bench_memory(size: dict[str, Any], work: Path, cache_dir: Path | None) -> list[Row]:
     from walstress.catalog import scenario_from_dict
+    from walstress.history import read_records
+    from walstress.layout import RunLayout
     from walstress.runner import run_scenario
 
     me = psutil.Process()
@@ -499,20 +501,27 @@ def bench_memory(size: dict[str, Any], work: Path, cache_dir: Path | None) -> li
             "workers": [{"role": "writer", "count": 4}, {"role": "reader", "count": 2},
                         {"role": "opener", "count": 2, "pause_ms": 10}]}
     thread = threading.Thread(target=watch, daemon=True)
-    thread.start()
     out = work / "memory"
+    wall0 = time.time()
+    thread.start()
     try:
-        run_scenario(scenario_from_dict(data, source="<bench>"), out, cache_dir=cache_dir, keep="none")
+        result = run_scenario(scenario_from_dict(data, source="<bench>"), out, cache_dir=cache_dir, keep="none")
     finally:
         done.set()
         thread.join()
+    # when the workers had stopped and judging began, on the watch's clock
+    stops = [r["t"] for r in read_records(RunLayout(result["cells"][0]["results"][0]["run_dir"]).controller_history)
+             if r.get("type") == "run_stop"]
+    judged_from = round(stops[0] - wall0, 1) if stops else None
     rss = [value / 2**20 for _, value in samples] or [me.memory_info().rss / 2**20]
     early = rss[max(0, len(rss) // 10)]
     controller = Row(10, f"controller RSS over a {size['memory_s']:g} s run with 8 workers", "RSS a tenth of the way "
                      "in", "flat (no growth with the run's length)", "MiB", walstress=[rss[-1], max(rss)],
                      base=[early])
+    step = max(1, len(samples) // 40)
     controller.detail = {"samples": len(rss), "rss_mib_first": round(rss[0], 1), "rss_mib_last": round(rss[-1], 1),
-                         "rss_mib_max": round(max(rss), 1)}
+                         "rss_mib_max": round(max(rss), 1), "judged_from_s": judged_from,
+                         "series": [(round(t, 1), round(v / 2**20, 1)) for t, v in samples[::step]]}
     controller.finish(lambda r: max(rss) <= 1.2 * early + 16 if size["memory_s"] >= 60 else None)
 
     started = time.perf_counter()
