@@ -108,27 +108,34 @@ def measure_overhead(*, pages: int = 2000, transactions: int = 300, blocks: int 
     scenario = _scenario(pages, batch, schema, synchronous)
     template, _ = get_template(schema=schema, pages=pages, page_size=4096, seed=0, cache_dir=cache_dir)
     with tempfile.TemporaryDirectory(prefix="walstress-bench-") as tmp:
-        run_dir = Path(tmp)
-        layout = RunLayout(run_dir)
-        layout.make_dirs()
-        db_path = layout.db_path
-        facts = prepare_database(template, db_path, scenario)
-        spec = build_specs(scenario, layout, facts, seed=1, sqlite_paths=[], pragmas=[])[0]
+        # two copies of the template, one a side: block by block both sides write the same rows (the same
+        # seed), so what differs is the instrumentation alone (rows of 100 B and of 16 KB cost SQLite
+        # very differently)
+        specs = []
+        for side in ("bare", "harness"):
+            layout = RunLayout(Path(tmp) / side)
+            layout.make_dirs()
+            facts = prepare_database(template, layout.db_path, scenario)
+            specs.append(build_specs(scenario, layout, facts, seed=1, sqlite_paths=[], pragmas=[])[0])
+        bare_spec, harness_spec = specs
+        histories = Path(tmp) / "harness" / "history"
+        unrecorded = Path(tmp) / "bare" / "history" / "bare.jsonl"   # the bare loop records nothing in it
         bare: list[float] = []
         harness: list[float] = []
-        unrecorded = run_dir / "history" / "bare.jsonl"   # the bare loop records nothing in it
-        _bare_writer_block(spec, unrecorded, max(20, transactions // 10), batch)  # warm the page cache
+        warm = max(20, transactions // 10)   # the page cache, each side on its own copy
+        _bare_writer_block(dataclasses.replace(bare_spec, seed=1000), unrecorded, warm, batch)
+        _harness_block(dataclasses.replace(harness_spec, seed=1000), histories / "warm.jsonl", warm)
         for block in range(blocks):   # the order alternates, so that drift hits both sides alike
-            history = run_dir / "history" / f"bench-{block}.jsonl"
-            # each block's writer its own seed: new sessions (hermes) get new ids, not the last block's
-            mine, theirs = (dataclasses.replace(spec, seed=spec.seed + 2 * block + side) for side in (1, 2))
+            history = histories / f"bench-{block}.jsonl"
+            # a seed a block: new sessions (hermes) get new ids, not those of the block before
+            theirs, mine = (dataclasses.replace(spec, seed=spec.seed + block) for spec in (bare_spec, harness_spec))
             if block % 2 == 0:
                 bare.append(_bare_writer_block(theirs, unrecorded, transactions, batch))
                 harness.append(_harness_block(mine, history, transactions))
             else:
                 harness.append(_harness_block(mine, history, transactions))
                 bare.append(_bare_writer_block(theirs, unrecorded, transactions, batch))
-        recorded = sum(1 for _ in open(run_dir / "history" / "bench-0.jsonl"))
+        recorded = sum(1 for _ in open(histories / "bench-0.jsonl"))
     ratio = statistics.median(harness) / statistics.median(bare)
     return {
         "what": "write transactions per second, alternating blocks in one process on one database",
