@@ -54,6 +54,18 @@ def test_a_lock_lost_before_the_first_corruption_error_is_the_cause(tmp_path):
     assert out["lock_watch"]["counts"]["lock_lost"] == 1
 
 
+def test_a_lock_loss_seen_within_one_sample_after_the_first_error_may_have_come_first(tmp_path):
+    # sampled at 20 Hz: a loss first seen 30 ms after the error happened up to 50 ms before it was seen
+    watched = {"lock_watch": {"hz": 20.0}, "database": {"journal_mode": "WAL"}}
+    out = attribute(evidence(tmp_path, [corruption_error(1.0), lock_lost(1.03), WATCHED], scenario=watched),
+                    "corrupt")
+    assert out["cause"]["id"] == "lock_lost"
+    assert "30 ms after the first corruption error but within one sample (50 ms)" in out["cause"]["sentence"]
+    late = attribute(evidence(tmp_path, [corruption_error(1.0), lock_lost(1.08), WATCHED], scenario=watched),
+                     "corrupt")
+    assert late["cause"]["id"] == "unknown"
+
+
 def test_evidence_after_the_damage_is_no_cause_and_unknown_is_not_replaced_by_a_guess(tmp_path):
     run = evidence(tmp_path, [corruption_error(1.0), lock_lost(2.0), WATCHED])
     out = attribute(run, "corrupt")

@@ -170,14 +170,19 @@ def _two_libraries(run: RunEvidence, damage: Damage) -> Cause | None:
 
 
 def _lock_lost(run: RunEvidence, damage: Damage) -> Cause | None:
-    lost = [r for r in events(run, "lock_lost") if r["t"] <= damage.deadline]
+    # a loss first seen at t happened after the sample before it: up to one sampling period earlier
+    hz = float(((run.scenario.get("lock_watch") or {}).get("hz")) or 0.0)
+    period = 1.0 / hz if hz > 0 else 0.0
+    lost = [r for r in events(run, "lock_lost") if r["t"] - period <= damage.deadline]
     if not lost:
         return None
     first = lost[0]
     what = "POSIX locks on" if first.get("which") == "database" else "POSIX lock on the -shm of"
     workers = sorted({r.get("worker", "?") for r in lost})
-    sentence = (f"{first.get('worker')} lost its {what} {_name(first.get('file', ''))} at {damage.at(first['t'])}"
-                f"{damage.before(first['t'])}")
+    when = damage.before(first["t"]) if first["t"] <= damage.deadline else (
+        f", seen {(first['t'] - damage.deadline) * 1000:.0f} ms after the first corruption error but within one "
+        f"sample ({period * 1000:.0f} ms) of it: the loss may have come first")
+    sentence = f"{first.get('worker')} lost its {what} {_name(first.get('file', ''))} at {damage.at(first['t'])}{when}"
     if len(workers) > 1:
         sentence += f" ({len(workers)} workers lost locks: {', '.join(workers[:6])})"
     evidence = [r.get("msg", "") for r in lost[:5]]
