@@ -450,7 +450,8 @@ class LockWatch(threading.Thread):
             libraries = mapped_sqlite_libraries(proc.pid)
         except OSError:
             return
-        if libraries != proc.libraries and (libraries or proc.libraries):
+        # a process does not unload SQLite: an empty read is one that is exiting (its maps already gone)
+        if libraries and libraries != proc.libraries:
             proc.libraries = libraries
             self._event({"type": "sqlite_libraries", "t": now, "worker": proc.name, "pid": proc.pid,
                          "libraries": libraries})
