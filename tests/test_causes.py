@@ -60,7 +60,7 @@ def test_a_lock_loss_seen_within_one_sample_after_the_first_error_may_have_come_
     out = attribute(evidence(tmp_path, [corruption_error(1.0), lock_lost(1.03), WATCHED], scenario=watched),
                     "corrupt")
     assert out["cause"]["id"] == "lock_lost"
-    assert "30 ms after the first corruption error but within one sample (50 ms)" in out["cause"]["sentence"]
+    assert "seen 30 ms after the first corruption error but within one lock-watch sample" in out["cause"]["sentence"]
     late = attribute(evidence(tmp_path, [corruption_error(1.0), lock_lost(1.08), WATCHED], scenario=watched),
                      "corrupt")
     assert late["cause"]["id"] == "unknown"

@@ -70,6 +70,9 @@ class Damage:
         """", 0.42 s before the first corruption error" / ", before the checks at the end found the damage"."""
         if self.first_error_t is not None:
             gap = self.first_error_t - t
+            if gap < 0:   # lock-watch evidence first seen within one sample after the error
+                return (f", seen {-gap * 1000:.0f} ms after the first corruption error but within one lock-watch "
+                        "sample of it: it may have come first")
             return f", {gap * 1000:.0f} ms before the first corruption error" if gap < 0.1 else \
                 f", {gap:.2f} s before the first corruption error"
         return ", before the checks at the end found the damage"
@@ -169,20 +172,28 @@ def _two_libraries(run: RunEvidence, damage: Damage) -> Cause | None:
     return None
 
 
-def _lock_lost(run: RunEvidence, damage: Damage) -> Cause | None:
-    # a loss first seen at t happened after the sample before it: up to one sampling period earlier
+def watch_period(run: RunEvidence) -> float:
+    """Seconds between two lock-watch samples (0 when it did not run)."""
     hz = float(((run.scenario.get("lock_watch") or {}).get("hz")) or 0.0)
-    period = 1.0 / hz if hz > 0 else 0.0
-    lost = [r for r in events(run, "lock_lost") if r["t"] - period <= damage.deadline]
+    return 1.0 / hz if hz > 0 else 0.0
+
+
+def watch_evidence(run: RunEvidence, kind: str, damage: Damage) -> list[dict[str, Any]]:
+    """The lock watch's events of ``kind`` that may have come before the damage: what it first saw at t
+    happened after the sample before, up to one sampling period earlier."""
+    period = watch_period(run)
+    return [r for r in events(run, kind) if r["t"] - period <= damage.deadline]
+
+
+def _lock_lost(run: RunEvidence, damage: Damage) -> Cause | None:
+    lost = watch_evidence(run, "lock_lost", damage)
     if not lost:
         return None
     first = lost[0]
     what = "POSIX locks on" if first.get("which") == "database" else "POSIX lock on the -shm of"
     workers = sorted({r.get("worker", "?") for r in lost})
-    when = damage.before(first["t"]) if first["t"] <= damage.deadline else (
-        f", seen {(first['t'] - damage.deadline) * 1000:.0f} ms after the first corruption error but within one "
-        f"sample ({period * 1000:.0f} ms) of it: the loss may have come first")
-    sentence = f"{first.get('worker')} lost its {what} {_name(first.get('file', ''))} at {damage.at(first['t'])}{when}"
+    sentence = (f"{first.get('worker')} lost its {what} {_name(first.get('file', ''))} at {damage.at(first['t'])}"
+                f"{damage.before(first['t'])}")
     if len(workers) > 1:
         sentence += f" ({len(workers)} workers lost locks: {', '.join(workers[:6])})"
     evidence = [r.get("msg", "") for r in lost[:5]]
@@ -190,7 +201,7 @@ def _lock_lost(run: RunEvidence, damage: Damage) -> Cause | None:
 
 
 def _split_wal(run: RunEvidence, damage: Damage) -> Cause | None:
-    found = [r for r in events(run, "split_wal") if r["t"] <= damage.deadline]
+    found = watch_evidence(run, "split_wal", damage)
     if not found:
         return None
     first = found[0]
@@ -204,7 +215,7 @@ def _split_wal(run: RunEvidence, damage: Damage) -> Cause | None:
 
 
 def _deleted_wal(run: RunEvidence, damage: Damage) -> Cause | None:
-    found = [r for r in events(run, "deleted_open") if r["t"] <= damage.deadline]
+    found = watch_evidence(run, "deleted_open", damage)
     if not found:
         return None
     first = found[0]

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
-from walstress.checks.causes import Cause, Damage
+from walstress.checks.causes import Cause, Damage, watch_evidence
 from walstress.checks.findings import Finding, RunEvidence
 from walstress.faults.base import Fault, FaultSettings, RunControl, setting
 from walstress.faults.schedule import (
@@ -443,8 +443,8 @@ class DbReplaceFault(ScheduledFault):
 def replace_cause(run: RunEvidence, damage: Damage) -> Cause | None:
     done = [r for r in _fault_records(run, "db_replace") if (r.get("detail") or {}).get("outcome") == "ok"
             and r["t"] <= damage.deadline]
-    if not done or any(r.get("type") in ("deleted_open", "split_wal") for r in run.records):
-        return None  # the lock watch's evidence names it better
+    if not done or watch_evidence(run, "deleted_open", damage) or watch_evidence(run, "split_wal", damage):
+        return None  # the lock watch's evidence (in time) names it better
     first = done[0]
     t = first["t"] - run.t_go if run.t_go else 0.0
     return Cause("db_replaced", "the database unlinked, renamed or replaced in use",
