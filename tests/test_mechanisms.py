@@ -37,8 +37,12 @@ def one(data: dict, tmp_path: Path, cache_dir: Path) -> dict:
 
 @pytest.mark.parametrize("method", ["db-only", "backup-api"])
 def test_a_backup_copy_is_judged_as_a_restored_backup(method, tmp_path, cache_dir):
-    res = one(scenario(f"backup-{method}", faults={"backup_copy": {"enabled": True, "method": method,
-                                                                   "at": "1.5s"}}), tmp_path, cache_dir)
+    data = scenario(f"backup-{method}", faults={"backup_copy": {"enabled": True, "method": method, "at": "1.5s"}},
+                    wal_autocheckpoint=0)
+    # no checkpoint: every commit of the run is in the -wal, so a copy of the db file alone lacks them all
+    # (with checkpoints, one that ended just before the copy could leave nothing to lose)
+    data["checkpoint"] = {"mode": "NONE"}
+    res = one(data, tmp_path, cache_dir)
     (copy,) = res["backup_copies"]
     assert copy["method"] == method and copy["checked_rows"] > 0
     assert (Path(res["run_dir"]) / copy["copy_dir"] / "state.db").is_file()
@@ -109,7 +113,7 @@ def test_a_database_replaced_in_use_is_seen_by_the_lock_watch(tmp_path, cache_di
     assert {Path(d["file"]).name for d in deleted} >= {"state.db"}
     assert {d["worker"] for d in deleted} >= {"writer-0", "writer-1"}
     if res["verdict"] in DAMAGED:
-        assert res["cause"]["id"] in ("deleted_wal", "split_wal", "lock_lost")
+        assert res["cause"]["id"] in ("deleted_wal", "split_wal", "lock_lost", "db_replaced"), res["cause"]
 
 
 @pytest.mark.parametrize("mode", ["stale", "own"])
