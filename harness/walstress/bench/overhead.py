@@ -205,9 +205,14 @@ def measure_ledger_api(*, transactions: int = 300, blocks: int = 5, pages: int =
         bare: list[float] = []
         ledgered: list[float] = []
         _user_bare(conn, max(20, transactions // 10), 0)  # warm up
-        for block in range(blocks):
-            bare.append(_user_bare(conn, transactions, block * transactions))
-            ledgered.append(_user_ledgered(actor.context, conn, transactions, block * transactions))
+        for block in range(blocks):   # the order alternates, so that drift hits both sides alike
+            first = block * transactions
+            if block % 2 == 0:
+                bare.append(_user_bare(conn, transactions, first))
+                ledgered.append(_user_ledgered(actor.context, conn, transactions, first))
+            else:
+                ledgered.append(_user_ledgered(actor.context, conn, transactions, first))
+                bare.append(_user_bare(conn, transactions, first))
         actor.teardown()
         history.close()
         context.close()
