@@ -21,11 +21,15 @@ from walstress.history import read_history
 DAMAGED = ("corrupt", "lost-writes")
 
 
-def scenario(name: str, *, faults: dict | None = None, workers: list | None = None, **database) -> dict:
+def scenario(name: str, *, faults: dict | None = None, workers: list | None = None, checkpoints: bool = True,
+             **database) -> dict:
+    """checkpoints=False: none at all, not even SQLite's automatic one (so every commit stays in the -wal)."""
+    if not checkpoints and database.get("journal_mode", "WAL") == "WAL":
+        database.setdefault("wal_autocheckpoint", 0)
     return {
         "name": name, "seed": 31, "duration": "3s", "expect": "any",
         "database": {"schema": "minimal", "pages": 400, **database},
-        "checkpoint": {"mode": "PASSIVE", "every_writes": 200},
+        "checkpoint": {"mode": "PASSIVE", "every_writes": 200} if checkpoints else {"mode": "NONE"},
         "workers": workers or [{"role": "writer", "count": 2}, {"role": "reader", "count": 1}],
         "faults": faults or {},
     }
@@ -37,12 +41,10 @@ def one(data: dict, tmp_path: Path, cache_dir: Path) -> dict:
 
 @pytest.mark.parametrize("method", ["db-only", "backup-api"])
 def test_a_backup_copy_is_judged_as_a_restored_backup(method, tmp_path, cache_dir):
-    data = scenario(f"backup-{method}", faults={"backup_copy": {"enabled": True, "method": method, "at": "1.5s"}},
-                    wal_autocheckpoint=0)
     # no checkpoint: every commit of the run is in the -wal, so a copy of the db file alone lacks them all
     # (with checkpoints, one that ended just before the copy could leave nothing to lose)
-    data["checkpoint"] = {"mode": "NONE"}
-    res = one(data, tmp_path, cache_dir)
+    res = one(scenario(f"backup-{method}", faults={"backup_copy": {"enabled": True, "method": method, "at": "1.5s"}},
+                       checkpoints=False), tmp_path, cache_dir)
     (copy,) = res["backup_copies"]
     assert copy["method"] == method and copy["checked_rows"] > 0
     assert (Path(res["run_dir"]) / copy["copy_dir"] / "state.db").is_file()
@@ -57,10 +59,8 @@ def test_a_backup_copy_is_judged_as_a_restored_backup(method, tmp_path, cache_di
 
 @pytest.mark.parametrize("action", ["delete", "keep"])
 def test_a_hot_wal_deleted_after_a_crash_loses_its_commits(action, tmp_path, cache_dir):
-    data = scenario(f"hot-wal-{action}", faults={"journal_tamper": {"enabled": True, "action": action, "at": "1s"}},
-                    wal_autocheckpoint=0)
-    data["checkpoint"] = {"mode": "NONE"}
-    res = one(data, tmp_path, cache_dir)
+    res = one(scenario(f"hot-wal-{action}", faults={"journal_tamper": {"enabled": True, "action": action, "at": "1s"}},
+                       checkpoints=False), tmp_path, cache_dir)
     (tamper,) = [f for f in res["faults"] if f["name"] == "journal_tamper"]
     assert tamper["detail"]["hot"] and tamper["detail"]["journal"] == "state.db-wal"
     assert set(tamper["detail"]["killed"]) == {"writer-0", "writer-1", "reader-0"}
@@ -73,11 +73,9 @@ def test_a_hot_wal_deleted_after_a_crash_loses_its_commits(action, tmp_path, cac
 
 
 def test_another_databases_hot_journal_is_prepared_from_the_run_database(tmp_path, cache_dir):
-    data = scenario("foreign", faults={"journal_tamper": {"enabled": True, "action": "foreign", "at": "1s"}},
-                    journal_mode="DELETE", cache_size=10)
-    data["checkpoint"] = {"mode": "NONE"}
-    data["workers"] = [{"role": "writer", "count": 2, "batch": 30}]
-    res = one(data, tmp_path, cache_dir)
+    res = one(scenario("foreign", faults={"journal_tamper": {"enabled": True, "action": "foreign", "at": "1s"}},
+                       workers=[{"role": "writer", "count": 2, "batch": 30}], journal_mode="DELETE", cache_size=10,
+                       checkpoints=False), tmp_path, cache_dir)
     (tamper,) = [f for f in res["faults"] if f["name"] == "journal_tamper"]
     assert tamper["target"] == "state.db-journal" and tamper["detail"]["foreign_bytes"] > 0
     assert (Path(res["run_dir"]) / "foreign" / "other.db").is_file()
@@ -143,9 +141,7 @@ def test_schema_changes_and_mode_switches_under_open_connections_stay_clean(tmp_
 
 
 def test_rollback_journal_modes_are_set_on_every_connection(tmp_path, cache_dir):
-    data = scenario("off", journal_mode="OFF")
-    data["checkpoint"] = {"mode": "NONE"}
-    res = one(data, tmp_path, cache_dir)
+    res = one(scenario("off", journal_mode="OFF", checkpoints=False), tmp_path, cache_dir)
     assert res["verdict"] == "clean", res["reason"]
     spec = (Path(res["run_dir"]) / "specs" / "writer-0.json").read_text()
     assert "PRAGMA journal_mode=OFF" in spec or '"journal_mode": "OFF"' in spec
