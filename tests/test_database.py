@@ -8,6 +8,8 @@ import json
 import multiprocessing
 import os
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -406,3 +408,18 @@ def test_concurrent_get_template_builds_once(tmp_path):
     finally:
         conn.close()
     assert not list(path.parent.glob(".*tmp*"))
+
+
+def test_the_corpus_does_not_load_a_second_sqlite_library(tmp_path):
+    # an apsw worker writes with the corpus: loading it (pools from the cache included) must not bring in the
+    # stdlib sqlite3, whose libsqlite3 next to apsw's would be the two-libraries hazard itself
+    code = ("import sys\n"
+            "from walstress.database import Corpus\n"
+            "Corpus(1).message('s', 1.0)\n"
+            "print(sorted(m for m in ('sqlite3', '_sqlite3') if m in sys.modules))\n")
+    for _ in range(2):   # the first builds the pools' cache, the second loads it
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                             env={**os.environ, "WALSTRESS_CACHE_DIR": str(tmp_path)})
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip() == "[]"
+    assert list(tmp_path.glob("corpus-pools-*.pickle"))

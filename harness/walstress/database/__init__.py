@@ -14,7 +14,7 @@ _WHERE = {
     "Corpus": "corpus",
     "SCHEMAS": "schema", "Schema": "schema", "get_schema": "schema",
     "MAX_PAGES": "template", "MIN_PAGES": "template", "build_database": "template", "copy_template": "template",
-    "default_cache_dir": "template", "get_template": "template", "template_key": "template",
+    "default_cache_dir": "cachedir", "get_template": "template", "template_key": "template",
     "validate_template_args": "template",
 }
 

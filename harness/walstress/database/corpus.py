@@ -36,6 +36,8 @@ import sys
 import uuid
 from functools import lru_cache
 from pathlib import Path
+
+from walstress.database.cachedir import default_cache_dir
 from typing import Any
 
 __all__ = ["Corpus", "ROLES", "SOURCES", "TOOL_NAMES", "MODELS"]
@@ -311,8 +313,6 @@ def prepare() -> None:
 
 
 def _pools_cache_path() -> Path | None:
-    from walstress.database.template import default_cache_dir
-
     try:
         digest = hashlib.blake2b(Path(__file__).read_bytes() + sys.version.encode(), digest_size=8).hexdigest()
         return default_cache_dir() / f"corpus-pools-{digest}.pickle"

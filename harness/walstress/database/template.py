@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from .cachedir import default_cache_dir
 from .corpus import Corpus
 from .schema import SCHEMAS, Schema
 
@@ -311,17 +312,6 @@ def _fsync_path(path: Path, *, directory: bool = False) -> None:
 
 
 # -- cache -------------------------------------------------------------------
-
-
-def default_cache_dir() -> Path:
-    """``$WALSTRESS_CACHE_DIR``, else ``$XDG_CACHE_HOME/walstress``, else
-    ``~/.cache/walstress``. Templates live in its ``templates/`` folder."""
-    explicit = os.environ.get("WALSTRESS_CACHE_DIR")
-    if explicit:
-        return Path(explicit)
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg) if xdg else Path.home() / ".cache"
-    return base / "walstress"
 
 
 def template_key(schema: str, pages: int, page_size: int, seed: int, sqlite_version: str) -> str:
