@@ -187,3 +187,14 @@ def test_an_unknown_expected_cause_is_a_scenario_error_before_anything_runs(tmp_
         run({"duration": "1s", "expect_cause": "lock_lots", "database": {"schema": "minimal", "pages": 300}},
             tmp_path)
     assert not (tmp_path / "cell-000").exists()
+
+
+def test_files_a_power_cut_deletes_itself_are_no_cause(tmp_path):
+    deleted = {"type": "deleted_open", "t": GO + 5.2, "worker": "writer-0", "pid": 11, "file": "/x/db/state.db-shm",
+               "msg": "writer-0 has state.db-shm open after it was deleted"}
+    cut = [{"type": "fault", "name": "power_loss", "t": GO + 5.0}, deleted, WATCHED]
+    out = attribute(evidence(tmp_path, cut, extras=power("FULL", 4, 0)), "lost-writes")
+    assert out["cause"]["id"] != "deleted_wal", out["cause"]
+    before = attribute(evidence(tmp_path, [{**deleted, "t": GO + 4.0}, *cut[:1], WATCHED],
+                                extras=power("FULL", 4, 0)), "lost-writes")
+    assert before["cause"]["id"] == "deleted_wal", before["cause"]

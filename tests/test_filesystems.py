@@ -132,3 +132,17 @@ def test_bad_storage_settings_are_named(tmp_path, capsys, sets, words):
         args += ["--set", item]
     assert main(args) == 2
     assert words in capsys.readouterr().err
+
+
+@needs_fuse
+def test_a_power_cut_on_storage_that_lies_about_fsync_loses_synced_commits(tmp_path, cache_dir):
+    # synchronous FULL: every acknowledged commit was synced, so whatever is missing after the cut was lost by
+    # the storage (it dropped writes it had said were on disk), and the database itself stays sound
+    result = run(ROOT / "scenarios" / "lying-fsync.toml", tmp_path / "out",
+                 overrides=["duration=2.5s", "faults.power_loss.at=1.5s", "repeat=1",
+                            "database.filesystem=fuse-lying-fsync"])
+    (res,) = result.runs
+    assert res["verdict"] == "lost-writes", res["reason"]
+    assert "although acknowledged and synced: sync not honoured" in res["reason"]
+    assert res["cause"]["id"] == "sync_not_honoured", res["cause"]
+    assert not mounts_under(tmp_path)

@@ -216,6 +216,9 @@ def _split_wal(run: RunEvidence, damage: Damage) -> Cause | None:
 
 def _deleted_wal(run: RunEvidence, damage: Damage) -> Cause | None:
     found = watch_evidence(run, "deleted_open", damage)
+    cut = (_power(run) or {}).get("cut_t")
+    if cut is not None:   # the power cut deletes the -shm itself (it never survives): not a cause
+        found = [r for r in found if r["t"] < cut]
     if not found:
         return None
     first = found[0]
@@ -308,14 +311,19 @@ def _wal_reset_race(run: RunEvidence, damage: Damage) -> Cause | None:
                  [f"{changed} rows changed ({stale} stale)", "integrity ok", f"SQLite {', '.join(affected)}"])
 
 
-def _zero_pages(run: RunEvidence, damage: Damage) -> Cause | None:
-    pages = (run.results.get("integrity") or {}).get("zero_pages") or []
+def zero_pages_cause(integrity: dict[str, Any] | None, whose: str = "") -> Cause | None:
+    """The b-tree pages that are all zeros, as a cause (from a run's checks or from a file alone)."""
+    pages = (integrity or {}).get("zero_pages") or []
     if not pages:
         return None
     shown = ", ".join(str(p) for p in pages[:8]) + (" ..." if len(pages) > 8 else "")
     return Cause("zero_filled_pages", "zero-filled pages",
-                 f"{len(pages)} b-tree page(s) of the final database are all zeros (pages {shown}): a write that "
-                 "never reached the file, or a file extended and never filled.", [f"zero pages: {shown}"])
+                 f"{len(pages)} b-tree page(s){whose} are all zeros (pages {shown}): a write that never reached the "
+                 "file, or a file extended and never filled.", [f"zero pages: {shown}"])
+
+
+def _zero_pages(run: RunEvidence, damage: Damage) -> Cause | None:
+    return zero_pages_cause(run.results.get("integrity"), " of the final database")
 
 
 def _stale_rows(run: RunEvidence, damage: Damage) -> Cause | None:
@@ -402,12 +410,9 @@ def cause_text(result: dict[str, Any]) -> str | None:
 def file_cause(integrity: dict[str, Any] | None) -> dict[str, Any]:
     """The cause a damaged file alone shows (``walstress check``): zero-filled b-tree pages, else unknown;
     lock losses, power cuts and stale versions need a run's evidence."""
-    pages = (integrity or {}).get("zero_pages") or []
-    if pages:
-        shown = ", ".join(str(p) for p in pages[:8]) + (" ..." if len(pages) > 8 else "")
-        return {"id": "zero_filled_pages", "title": "zero-filled pages",
-                "sentence": f"{len(pages)} b-tree page(s) are all zeros (pages {shown}): a write that never "
-                            "reached the file, or a file extended and never filled."}
+    zeros = zero_pages_cause(integrity)
+    if zeros is not None:
+        return {"id": zeros.id, "title": zeros.title, "sentence": zeros.sentence}
     return {"id": "unknown", "title": "unknown",
             "sentence": "Cause unknown: the file alone does not show a known mechanism (a lost lock, a deleted -wal "
                         "or a power cut leave no trace in it; run the workload under walstress to see them)."}
