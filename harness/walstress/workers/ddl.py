@@ -53,15 +53,19 @@ class SchemaChanger(Actor):
         columns = [r[1] for r in conn.execute(f'PRAGMA table_info("{self.table}")')] if self.table else []
         self.column = columns[1] if len(columns) > 1 else (columns[0] if columns else None)
         self.added = 0
+        conn.execute(f"CREATE TABLE IF NOT EXISTS {SIDE_TABLE}(id INTEGER PRIMARY KEY)")   # the columns' table
         self.release()
 
     def step(self) -> None:
-        statements = [f"CREATE TABLE IF NOT EXISTS {SIDE_TABLE}(id INTEGER PRIMARY KEY)"]
+        # each statement changes the schema (no IF [NOT] EXISTS that could do nothing): an index made and
+        # dropped again on a table the writers use, a column added to the side table
+        statements = []
         if self.table and self.column:
-            statements.append(f'CREATE INDEX IF NOT EXISTS {INDEX} ON "{self.table}"("{self.column}")')
+            statements.append(f'CREATE INDEX {INDEX} ON "{self.table}"("{self.column}")')
         if self.added < self.options.max_columns:
             statements.append(f"ALTER TABLE {SIDE_TABLE} ADD COLUMN c{self.added} TEXT")
-        statements.append(f"DROP INDEX IF EXISTS {INDEX}")
+        if self.table and self.column:
+            statements.append(f"DROP INDEX {INDEX}")
         for sql in statements:
             t0, m0 = time.time(), time.perf_counter()
             try:
