@@ -34,6 +34,7 @@ lost-tail at every earlier sync). The ``-shm`` never survives.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import mmap
 import os
@@ -122,7 +123,7 @@ def load_trace(run_dir: str | Path) -> Trace:
         elif rec.kind == "T":
             ops.append(Op(index, "T", name, ns, ns, rec.c / 1e9, rec.a))
         elif rec.kind == "S":
-            ops.append(Op(index, "S", name, ns, order, rec.c / 1e9, rec.a))
+            ops.append(Op(index, "S", name, ns, order, rec.c / 1e9))
         else:
             ops.append(Op(index, "D", name, ns, ns, rec.c / 1e9))
     header = initial.get(db_name, b"")
@@ -150,20 +151,9 @@ def cut_points(trace: Trace, ack_walls: list[float]) -> list[Cut]:
             cuts.setdefault(op.index, Cut(op.index, "before-sync", ops[op.index - 1].wall))
             cuts.setdefault(op.index + 1, Cut(op.index + 1, "after-sync", op.wall))
     for wall in ack_walls:
-        position = _bisect(walls, wall)
+        position = bisect.bisect_right(walls, wall)
         cuts.setdefault(position, Cut(position, "after-ack", wall))
     return [cuts[k] for k in sorted(cuts) if 0 < k <= len(ops)]
-
-
-def _bisect(values: list[float], x: float) -> int:
-    low, high = 0, len(values)
-    while low < high:
-        mid = (low + high) // 2
-        if values[mid] <= x:
-            low = mid + 1
-        else:
-            high = mid
-    return low
 
 
 @dataclass

@@ -243,7 +243,7 @@ class TraceWriter:
     """This process's I/O trace for the crash explorer (``crash/``): every write with the bytes it puts
     down, every truncate, every completed sync and delete of a file of the database folder, in the undo
     log's record format with the magic ``WST1``: W a = offset, b = length, data = the new bytes; T a = new
-    size; S a = size when the sync began, ns = when it began, b = when it ended; c = wall-clock ns for
+    size; S ns = when the sync began, b = when it ended; c = wall-clock ns for
     every record."""
 
     def __init__(self, folder: Path, worker: str, tracked_dir: Path):
@@ -284,9 +284,9 @@ class TraceWriter:
         with self._lock:
             self._emit(KIND_TRUNCATE, fid, time.monotonic_ns(), size, 0)
 
-    def synced(self, fid: int, began_ns: int, size: int) -> None:
+    def synced(self, fid: int, began_ns: int) -> None:
         with self._lock:
-            self._emit(KIND_SYNC, fid, began_ns, size, time.monotonic_ns())
+            self._emit(KIND_SYNC, fid, began_ns, 0, time.monotonic_ns())
 
     def deleted(self, path: str) -> None:
         fid = self.file_id(path)
@@ -620,7 +620,6 @@ def _make_vfs(state: ShimState) -> Any:
                     state.add_delay("sync", seconds)
             undo = state.undo
             trace_began = time.monotonic_ns()
-            size = self.base.size() if self.tid else 0
             if self.fid and undo is not None:
                 began = undo.sync_begin(self.fid, self.base)
                 super().xSync(flags)
@@ -628,7 +627,7 @@ def _make_vfs(state: ShimState) -> Any:
             else:
                 super().xSync(flags)
             if self.tid and state.trace is not None:
-                state.trace.synced(self.tid, trace_began, size)
+                state.trace.synced(self.tid, trace_began)
             state.add("syncs_done")
 
     class ShimVFS(apsw.VFS):
