@@ -32,7 +32,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from walstress.catalog import scenario_from_dict
 from walstress.controller import build_specs, prepare_database
@@ -63,6 +63,21 @@ def bare_transaction(conn: sqlite3.Connection, corpus: Corpus, batch: int, sessi
         conn.execute("INSERT INTO messages(session_id, role, content, timestamp) VALUES (?,?,?,?)",
                      (session, msg["role"], msg["content"], msg["timestamp"]))
     conn.execute("COMMIT")
+
+
+def alternate(blocks: int, first: Callable[[int], float], second: Callable[[int], float]) -> tuple[list[float], list[float]]:
+    """Both sides' figures of ``blocks`` blocks, the order alternating block by block (first, second; then
+    second, first; ...), so that a machine's drift hits both alike. Each side is given the block's number."""
+    a: list[float] = []
+    b: list[float] = []
+    for block in range(blocks):
+        if block % 2 == 0:
+            a.append(first(block))
+            b.append(second(block))
+        else:
+            b.append(second(block))
+            a.append(first(block))
+    return a, b
 
 
 @contextlib.contextmanager
@@ -120,21 +135,16 @@ def measure_overhead(*, pages: int = 2000, transactions: int = 300, blocks: int 
         bare_spec, harness_spec = specs
         histories = Path(tmp) / "harness" / "history"
         unrecorded = Path(tmp) / "bare" / "history" / "bare.jsonl"   # the bare loop records nothing in it
-        bare: list[float] = []
-        harness: list[float] = []
         warm = max(20, transactions // 10)   # the page cache, each side on its own copy
         _bare_writer_block(dataclasses.replace(bare_spec, seed=1000), unrecorded, warm, batch)
         _harness_block(dataclasses.replace(harness_spec, seed=1000), histories / "warm.jsonl", warm)
-        for block in range(blocks):   # the order alternates, so that drift hits both sides alike
-            history = histories / f"bench-{block}.jsonl"
-            # a seed a block: new sessions (hermes) get new ids, not those of the block before
-            theirs, mine = (dataclasses.replace(spec, seed=spec.seed + block) for spec in (bare_spec, harness_spec))
-            if block % 2 == 0:
-                bare.append(_bare_writer_block(theirs, unrecorded, transactions, batch))
-                harness.append(_harness_block(mine, history, transactions))
-            else:
-                harness.append(_harness_block(mine, history, transactions))
-                bare.append(_bare_writer_block(theirs, unrecorded, transactions, batch))
+        # a seed a block: new sessions (hermes) get new ids, not those of the block before
+        bare, harness = alternate(
+            blocks,
+            lambda block: _bare_writer_block(dataclasses.replace(bare_spec, seed=bare_spec.seed + block), unrecorded,
+                                             transactions, batch),
+            lambda block: _harness_block(dataclasses.replace(harness_spec, seed=harness_spec.seed + block),
+                                         histories / f"bench-{block}.jsonl", transactions))
         recorded = sum(1 for _ in open(histories / "bench-0.jsonl"))
     ratio = statistics.median(harness) / statistics.median(bare)
     return {
@@ -202,17 +212,10 @@ def measure_ledger_api(*, transactions: int = 300, blocks: int = 5, pages: int =
         actor.setup()
         conn = actor.context.connect()
         conn.execute(_KV_SCHEMA)
-        bare: list[float] = []
-        ledgered: list[float] = []
         _user_bare(conn, max(20, transactions // 10), 0)  # warm up
-        for block in range(blocks):   # the order alternates, so that drift hits both sides alike
-            first = block * transactions
-            if block % 2 == 0:
-                bare.append(_user_bare(conn, transactions, first))
-                ledgered.append(_user_ledgered(actor.context, conn, transactions, first))
-            else:
-                ledgered.append(_user_ledgered(actor.context, conn, transactions, first))
-                bare.append(_user_bare(conn, transactions, first))
+        bare, ledgered = alternate(blocks, lambda block: _user_bare(conn, transactions, block * transactions),
+                                   lambda block: _user_ledgered(actor.context, conn, transactions,
+                                                                block * transactions))
         actor.teardown()
         history.close()
         context.close()

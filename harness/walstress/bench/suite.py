@@ -33,7 +33,7 @@ from typing import Any, Callable
 
 import psutil
 
-from walstress.bench.overhead import measure_overhead
+from walstress.bench.overhead import alternate, measure_overhead
 from walstress.database.schema import SCHEMAS
 from walstress.database.template import (SESSION_COLUMNS, build_database, copy_template, corpus_rows, get_template,
                                          insert_statement, message_columns)
@@ -101,20 +101,6 @@ def _reproduced_within(target: float, judged: bool, row: Row) -> bool | None:
     return bool(row.walstress) and statistics.median(row.walstress) <= target if judged else None
 
 
-def _alternate(blocks: int, first: Callable[[], float], second: Callable[[], float]) -> tuple[list[float], list[float]]:
-    """Time both sides ``blocks`` times, the order alternating block by block."""
-    a: list[float] = []
-    b: list[float] = []
-    for block in range(blocks):
-        if block % 2 == 0:
-            a.append(first())
-            b.append(second())
-        else:
-            b.append(second())
-            a.append(first())
-    return a, b
-
-
 def _timed(fn: Callable[[], Any]) -> float:
     started = time.perf_counter()
     fn()
@@ -166,7 +152,7 @@ def bench_build(size: dict[str, Any], work: Path) -> Row:
         return took
 
     ours()   # the first build gives the session count the baseline loads; not timed twice
-    row.walstress, row.base = _alternate(size["build_blocks"], ours, bare)
+    row.walstress, row.base = alternate(size["build_blocks"], lambda _: ours(), lambda _: bare())
     row.detail.update(pages=info["pages"], messages=info["messages"], sessions=info["sessions"])
     return row.finish(lambda r: (r.ratio or 99) <= 1.2 and statistics.median(r.walstress) <= 30.0
                       if size["build_pages"] >= 65536 else None)
@@ -200,7 +186,7 @@ def bench_reuse(size: dict[str, Any], work: Path, cache_dir: Path | None) -> Row
         target.unlink()
         return took
 
-    row.walstress, row.base = _alternate(size["copy_blocks"], ours, cp)
+    row.walstress, row.base = alternate(size["copy_blocks"], lambda _: ours(), lambda _: cp())
     row.detail["bytes"] = template.stat().st_size
     # speed is the inverse of time: walstress's speed over cp's = cp's time over walstress's
     return row.finish(lambda r: r.ratio is not None and 1 / r.ratio >= 0.8)
@@ -279,9 +265,9 @@ def bench_pressure(size: dict[str, Any], work: Path, cache_dir: Path | None) -> 
 
         row = Row(4, f"pressure: commits/s of {writers} writer processes", "a bare multi-process loop with the "
                   "same statements, no instrumentation", ">= 0.85x", "/s")
-        row.walstress, row.base = _alternate(size["pressure_blocks"], ours, bare)
+        row.walstress, row.base = alternate(size["pressure_blocks"], lambda _: ours(), lambda _: bare())
         row.detail = {"writers": writers, "seconds": seconds, "pages": pages}
-        rows.append(row.finish(lambda r: (r.ratio or 0) >= 0.85))
+        rows.append(row.finish(partial(_at_least, 0.85)))
     return rows
 
 
@@ -360,9 +346,9 @@ def bench_check(size: dict[str, Any], work: Path, cache_dir: Path | None) -> Row
               "plus FTS5 integrity-check on the same file", "<= 1.1x", "s")
     fts = list(SCHEMAS["hermes"].fts_tables)
     verdicts: list[str] = []
-    row.walstress, row.base = _alternate(size["check_blocks"],
-                                         lambda: _timed(lambda: verdicts.append(check_database(db)["verdict"])),
-                                         lambda: _timed(lambda: _cli_check(db, fts)))
+    row.walstress, row.base = alternate(size["check_blocks"],
+                                        lambda _: _timed(lambda: verdicts.append(check_database(db)["verdict"])),
+                                        lambda _: _timed(lambda: _cli_check(db, fts)))
     row.detail = {"verdicts": sorted(set(verdicts)), "baseline": baseline}
     return row.finish(lambda r: (r.ratio or 99) <= 1.1)
 
@@ -457,7 +443,7 @@ def bench_figures(size: dict[str, Any], work: Path, cache_dir: Path | None) -> l
     result = run_scenario(scenario_from_dict(data, source="<bench>"), work / "figures", cache_dir=cache_dir,
                           keep="none")
     run = result["cells"][0]["results"][0]
-    operations = sum(v.get("ok", 0) + v.get("err", 0) for v in run["ops"].values())
+    operations = _operations(run)
     seconds = [_timed(lambda: run_figures(Path(run["run_dir"]), "C0", None)) for _ in range(2)]
     figures = Row(9, f"figures of a {size['figures_s']:g} s run ({operations:,} operations)", "-",
                   "<= 5 s (a 60 s run, >= 40K operations)", "s", walstress=seconds)
@@ -499,14 +485,7 @@ def bench_memory(size: dict[str, Any], work: Path, cache_dir: Path | None) -> li
                "--quiet"] + (["--cache-dir", str(cache_dir)] if cache_dir else [])
     wall0 = time.time()
     child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    samples: list[tuple[float, float]] = []
-    handle = psutil.Process(child.pid)
-    while child.poll() is None:
-        try:
-            samples.append((time.time() - wall0, handle.memory_info().rss / 2**20))
-        except psutil.Error:
-            break
-        time.sleep(1.0)
+    samples = _poll_rss(child, 1.0, wall0)
     if child.returncode not in (0, 1) or not samples:
         raise RuntimeError(f"walstress run exited {child.returncode}")
     run_dir = out / "cell-000" / "run-000"
@@ -520,8 +499,9 @@ def bench_memory(size: dict[str, Any], work: Path, cache_dir: Path | None) -> li
                      "RSS a tenth of the way in", "flat (no growth with the run's length)", "MiB",
                      walstress=[stress[-1]], base=[early])
     step = max(1, len(samples) // 40)
+    operations = _operations(json.loads(RunLayout(run_dir).run_json.read_text()))
     controller.detail = {"rss_mib_stress_max": round(max(stress), 1), "rss_mib_judging_max": round(max(judging), 1),
-                         "judged_from_s": round(judged_from, 1), "operations": _operations(run_dir),
+                         "judged_from_s": round(judged_from, 1), "operations": operations,
                          "series": [(round(t, 1), round(v, 1)) for t, v in samples[::step]]}
     controller.finish(lambda r: max(stress) <= 1.2 * early + 16 if size["memory_s"] >= 60 else None)
     judge = Row(10, "controller RSS while it judges that run", "-", "<= 500 MiB", "MiB", walstress=[max(judging)])
@@ -531,16 +511,9 @@ def bench_memory(size: dict[str, Any], work: Path, cache_dir: Path | None) -> li
     started = time.perf_counter()
     child = subprocess.Popen([sys.executable, "-m", "walstress", "report", str(out)], stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
-    peak = 0
-    handle = psutil.Process(child.pid)
-    while child.poll() is None:
-        try:
-            peak = max(peak, handle.memory_info().rss)
-        except psutil.Error:
-            break
-        time.sleep(0.05)
+    peak = max((mib for _, mib in _poll_rss(child, 0.05, time.time())), default=0.0)
     report = Row(10, f"walstress report on the history of that {size['memory_s']:g} s run", "-", "<= 500 MiB",
-                 "MiB", walstress=[peak / 2**20])
+                 "MiB", walstress=[peak])
     report.detail = {"seconds": round(time.perf_counter() - started, 2), "exit": child.returncode}
     if child.returncode not in (0, 1):
         report.note = f"walstress report exited {child.returncode}"
@@ -548,12 +521,21 @@ def bench_memory(size: dict[str, Any], work: Path, cache_dir: Path | None) -> li
     return [*rows, report]
 
 
-def _operations(run_dir: Path) -> int | None:
-    try:
-        run = json.loads((run_dir / "run.json").read_text())
-    except (OSError, ValueError):
-        return None
+def _operations(run: dict[str, Any]) -> int:
     return sum(v.get("ok", 0) + v.get("err", 0) for v in run.get("ops", {}).values())
+
+
+def _poll_rss(child: subprocess.Popen, every_s: float, started: float) -> list[tuple[float, float]]:
+    """(seconds since ``started``, RSS in MiB) of ``child`` every ``every_s`` until it exits."""
+    samples: list[tuple[float, float]] = []
+    handle = psutil.Process(child.pid)
+    while child.poll() is None:
+        try:
+            samples.append((time.time() - started, handle.memory_info().rss / 2**20))
+        except psutil.Error:
+            break
+        time.sleep(every_s)
+    return samples
 
 
 # ------------------------------------------------------------------ 11: disk

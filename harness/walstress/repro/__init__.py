@@ -25,6 +25,7 @@ from typing import Any
 
 from walstress.catalog import load_scenario, scenario_from_dict
 from walstress.errors import WalstressError
+from walstress.faults.schedule import parse_names
 from walstress.scenario import Scenario, apply_overrides, expand_matrix
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -154,7 +155,7 @@ def parameters(mechanism: str, scenario: Scenario) -> dict[str, Any]:
                   OPENER_PAUSE_S=_setting(scenario, "opener", "pause_ms", 5) / 1000.0,
                   OPENER_WRITES=float(_setting(scenario, "opener", "write_probability", 0.2)))
     fault = scenario.faults[mechanism]
-    roles = [r.strip() for r in str(getattr(fault, "roles", "writer")).split(",") if r.strip()]
+    roles = parse_names(getattr(fault, "roles", "writer"))
     if mechanism == "lock_breaker":
         if set(roles) - _WORKLOAD_ROLES:
             raise CannotExpress(f"faults.lock_breaker.roles = {fault.roles!r}; the reproducer breaks locks in "

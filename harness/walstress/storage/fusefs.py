@@ -106,7 +106,7 @@ class PendingFile:
         return len(self.writes)
 
 
-def make_operations(fuse: Any, backing: str, mode: str, view: str, flush_delay: float) -> Any:
+def make_operations(fuse: Any, backing: str, mode: str, view: str) -> Any:
     FuseOSError: Any = fuse.FuseOSError
     Operations: Any = fuse.Operations
 
@@ -311,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parent", type=int, required=True, help="unmount when this process is gone")
     args = parser.parse_args(argv)
     fuse = load_binding()
-    operations = make_operations(fuse, args.backing, args.mode, args.view, args.flush_delay)
+    operations = make_operations(fuse, args.backing, args.mode, args.view)
     stop = threading.Event()
 
     cut_request, cut_done = Path(args.ready + ".cut-request"), Path(args.ready + ".cut")
