@@ -145,4 +145,6 @@ def test_a_power_cut_on_storage_that_lies_about_fsync_loses_synced_commits(tmp_p
     assert res["verdict"] == "lost-writes", res["reason"]
     assert "although acknowledged and synced: sync not honoured" in res["reason"]
     assert res["cause"]["id"] == "sync_not_honoured", res["cause"]
+    # nothing was unlinked before the cut: names FUSE dropped from the kernel's cache are no deleted files
+    assert res["lock_watch"]["counts"]["deleted_open"] == 0, res["lock_watch"]["deleted_open"]
     assert not mounts_under(tmp_path)

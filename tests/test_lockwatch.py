@@ -162,10 +162,15 @@ def test_watch_is_silent_on_a_healthy_program_with_busy_connections(tmp_path):
     assert len(libraries["libraries"]) == 1
 
 
-def test_watch_sees_a_deleted_wal_still_in_use(tmp_path):
-    path = program(tmp_path, "unlinker", """
+@pytest.mark.parametrize("replaced", [False, True], ids=["unlinked", "unlinked-and-made-again"])
+def test_watch_sees_a_deleted_wal_still_in_use(tmp_path, replaced):
+    # made again: the name leads to a new file (as when another connection creates a -wal), while the
+    # process still writes to the old one
+    path = program(tmp_path, "unlinker", f"""
         time.sleep(0.5)
         os.unlink(DB + "-wal")
+        if {replaced}:
+            open(DB + "-wal", "wb").close()
         say("unlinked")
         for i in range(40):
             conn.execute("INSERT INTO t VALUES (?)", (i,))

@@ -24,7 +24,9 @@ when the same descriptors were open before and after the lock table was
 read, and the watch asks for two such samples in a row.
 
 The watch also records descriptors of deleted ``-wal``/``-shm``/``-journal``
-files (and databases) a process still has open, and every SQLite library
+files (and databases) a process still has open (a name the kernel marks
+deleted counts only when it no longer leads to the same inode: FUSE marks
+names it merely dropped from its cache), and every SQLite library
 each process has mapped (``/proc/PID/maps``; two different ones in one
 process is the two-libraries hazard: each keeps its own list of open files,
 so one's ``close()`` drops the other's locks).
@@ -225,10 +227,21 @@ class _Process:
                     key = None
             seen[fd] = (link, key)
             if key is not None:
-                deleted = link.endswith(_DELETED)
-                files.append(OpenFile(fd, link.removesuffix(_DELETED), deleted, key))
+                path = link.removesuffix(_DELETED)
+                files.append(OpenFile(fd, path, link.endswith(_DELETED) and not _names_file(path, key), key))
         self.links = seen
         return files
+
+
+def _names_file(path: str, key: FileKey) -> bool:
+    """Whether ``path`` still leads to the file ``key``. The kernel marks a name " (deleted)" whenever it dropped
+    the name's cache entry: on FUSE that happens when a lookup is refused for a moment, while the file was never
+    unlinked (a new lookup finds the same inode). An unlinked file's inode cannot come back under its old name
+    while the file is open, so only a name that leads elsewhere (or nowhere) is a deletion."""
+    try:
+        return file_key(os.stat(path)) == key
+    except OSError:
+        return False
 
 
 def wal_databases(files: list[OpenFile]) -> list[tuple[OpenFile, OpenFile]]:
