@@ -6,9 +6,15 @@ The install tests use pip for real (one apsw wheel, a few seconds each).
 
 from __future__ import annotations
 
+import base64
+import http.server
 import json
+import os
+import platform
+import re
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -16,7 +22,20 @@ import pytest
 from walstress import cli, runner
 from walstress.api import load_scenario
 from walstress.runner import run_scenario
-from walstress.sqlite.versions import apsw_releases, ensure_apsw, installed_version_dir, versions_between
+from walstress.sqlite.versions import (
+    IndexFile,
+    PipLocations,
+    available_versions,
+    ensure_apsw,
+    installed_version_dir,
+    list_releases,
+    parse_version,
+    pip_locations,
+    releases_from_files,
+    shipped_releases,
+    versions_between,
+    wheel_fits_here,
+)
 
 PROJECT = Path(__file__).resolve().parent.parent
 TINY = {
@@ -27,17 +46,156 @@ TINY = {
     "workers": [{"role": "writer", "count": 1}, {"role": "reader", "count": 1}],
 }
 
-PIP_OUTPUT = """apsw (3.54.1.0)
-Available versions: 3.54.1.0, 3.53.3.1, 3.53.3.0, 3.51.3.0, 3.51.2.0, 3.46.0.1, 3.46.0.0, 3.38.5.post1, 3.8.11.1.post1
-"""
+def wheel(release: str, python: str = "cp311", platform_tag: str = "manylinux_2_28_x86_64") -> str:
+    return f"apsw-{release}-{python}-{python}-{platform_tag}.whl"
 
 
-def test_apsw_releases_keep_the_newest_build_of_each_sqlite_version():
-    releases = apsw_releases(PIP_OUTPUT)
-    assert releases == {"3.54.1": "3.54.1.0", "3.53.3": "3.53.3.1", "3.51.3": "3.51.3.0", "3.51.2": "3.51.2.0",
-                        "3.46.0": "3.46.0.1"}
-    assert versions_between("3.51.0", "3.53.9", list(releases)) == ["3.51.2", "3.51.3", "3.53.3"]
-    assert versions_between("3.54.1", "3.51.3", list(releases)) == ["3.51.3", "3.53.3", "3.54.1"]
+def fits_cp311_linux(python_tag: str, abi_tag: str, platform_tag: str) -> bool:
+    return python_tag == "cp311" and platform_tag.endswith("x86_64") and "linux" in platform_tag
+
+
+def test_releases_keep_the_newest_build_of_each_sqlite_version_with_a_wheel_that_fits():
+    files = [IndexFile(wheel("3.54.1.0")), IndexFile(wheel("3.53.3.0")), IndexFile(wheel("3.53.3.1")),
+             IndexFile(wheel("3.53.3.2"), yanked=True),                  # yanked: not offered
+             IndexFile(wheel("3.52.0.0", python="cp312")),               # not for this Python
+             IndexFile(wheel("3.50.0.0", platform_tag="win_amd64")),     # not for this machine
+             IndexFile("apsw-3.49.0.0.tar.gz"),                          # source only: never built here
+             IndexFile(wheel("3.51.2.0")), IndexFile(wheel("3.46.0.1")), IndexFile(wheel("3.46.0.0")),
+             IndexFile("apsw-3.38.5.post1-cp311-cp311-linux_x86_64.whl"), IndexFile("index.html")]
+    releases = releases_from_files(files, fits=fits_cp311_linux)
+    assert releases == {"3.54.1": "3.54.1.0", "3.53.3": "3.53.3.1", "3.51.2": "3.51.2.0", "3.46.0": "3.46.0.1"}
+    assert versions_between("3.51.0", "3.53.9", list(releases)) == ["3.51.2", "3.53.3"]
+    assert versions_between("3.54.1", "3.51.2", list(releases)) == ["3.51.2", "3.53.3", "3.54.1"]
+
+
+def test_wheel_tags_are_matched_against_this_interpreter():
+    here = f"cp{sys.version_info.major}{sys.version_info.minor}"
+    machine = platform.machine()
+    assert wheel_fits_here(here, here, f"manylinux_2_17_{machine}.manylinux2014_{machine}") == \
+        sys.platform.startswith("linux")
+    assert wheel_fits_here("py3", "none", "any")
+    assert not wheel_fits_here("cp27", "cp27mu", "any")
+    assert not wheel_fits_here(here, here, "manylinux_2_17_s390x") or machine == "s390x"
+
+
+class Index(http.server.BaseHTTPRequestHandler):
+    """A package index with the simple repository API: the JSON form for those who ask for it, else HTML."""
+    pages: dict[str, list[tuple[str, bool]]] = {}
+    authorizations: list[str] = []
+
+    def do_GET(self) -> None:  # noqa: N802 (the name http.server calls)
+        self.authorizations.append(self.headers.get("Authorization", ""))
+        files = self.pages.get(self.path)
+        if files is None:
+            self.send_error(404)
+            return
+        if "application/vnd.pypi.simple.v1+json" in self.headers.get("Accept", ""):
+            body = json.dumps({"meta": {"api-version": "1.1"}, "name": "apsw", "files": [
+                {"filename": n, "url": f"../../f/{n}", "hashes": {}, "yanked": y} for n, y in files]}).encode()
+            kind = "application/vnd.pypi.simple.v1+json"
+        else:
+            body = ("<!DOCTYPE html><html><body>" + "".join(
+                f'<a href="../../f/{n}#sha256=00"{" data-yanked" if y else ""}>{n}</a><br>' for n, y in files)
+                + "</body></html>").encode()
+            kind = "text/html"
+        self.send_response(200)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def index_server():
+    here = f"cp{sys.version_info.major}{sys.version_info.minor}"
+    tag = f"manylinux_2_28_{platform.machine()}"
+    Index.pages = {"/json/apsw/": [(wheel("3.51.3.0", here, tag), False), (wheel("3.51.4.0", here, tag), True)],
+                   "/html/apsw/": [(wheel("3.50.4.0", here, tag), False), (wheel("3.50.5.0", here, tag), True)]}
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Index)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", here, tag
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the wheels served are Linux wheels")
+def test_indexes_and_find_links_of_every_kind_are_read(index_server, tmp_path):
+    url, here, tag = index_server
+    links = tmp_path / "wheels"
+    links.mkdir()
+    (links / wheel("3.49.2.0", here, tag)).write_bytes(b"")
+    files_index = tmp_path / "simple" / "apsw"
+    files_index.mkdir(parents=True)
+    (files_index / "index.html").write_text(f'<a href="x/{wheel("3.48.0.0", here, tag)}">w</a>')
+    locations = PipLocations(indexes=[f"{url}/json", f"{url}/html", f"{url}/other", (tmp_path / "simple").as_uri(),
+                                      (tmp_path / "nothing").as_uri()],
+                             find_links=[str(links), "http://127.0.0.1:1/closed"])
+    releases, answered, failed = list_releases(locations)
+    private = list_releases(PipLocations(indexes=[url.replace("//", "//me:s%40cret@") + "/json"], find_links=[]))
+    assert private[0] == {"3.51.3": "3.51.3.0"}
+    assert Index.authorizations[-1] == "Basic " + base64.b64encode(b"me:s@cret").decode()  # as pip sends them
+    # the JSON form asked for and used; the HTML form where the index gives only that; yanked files left out;
+    # an index without the project (404, or no folder) is no error; a closed port is one
+    assert releases == {"3.51.3": "3.51.3.0", "3.50.4": "3.50.4.0", "3.49.2": "3.49.2.0", "3.48.0": "3.48.0.0"}
+    assert len(answered) == 6 and failed == [failed[0]] and failed[0].startswith("http://127.0.0.1:1/closed: ")
+
+
+def test_pip_configuration_gives_the_locations():
+    listed = ("global.extra-index-url='file:///a/simple file:///b/simple'\n"
+              "global.find-links='/opt/wheels'\n"
+              "global.index-url='https://mirror.example/simple'\n"
+              ":env:.index-url='https://env.example/simple'\n"
+              "global.cert='/etc/ca.pem'\n")
+    found = pip_locations(listed, "https://default.example/simple")
+    assert found.indexes == ["https://env.example/simple", "file:///a/simple", "file:///b/simple"]
+    assert found.find_links == ["/opt/wheels"] and found.cafile == "/etc/ca.pem"
+    assert pip_locations("", "https://default.example/simple").indexes == ["https://default.example/simple"]
+    assert pip_locations(":env:.no-index='true'\n", "https://default.example/simple").indexes == []
+
+
+def pip_env(**extra: str) -> dict[str, str]:
+    """Only what the test sets: no pip configuration file, no PIP_* of this machine."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
+    return {**env, "PIP_CONFIG_FILE": os.devnull, **extra}
+
+
+def test_available_versions_reads_the_index_pip_is_configured_with(index_server, tmp_path, monkeypatch):
+    url, _, _ = index_server
+    for key, value in pip_env(PIP_INDEX_URL=f"{url}/json", PIP_EXTRA_INDEX_URL=f"{url}/html").items():
+        monkeypatch.setenv(key, value)
+    for key in [k for k in os.environ if k.startswith("PIP_") and k not in ("PIP_CONFIG_FILE", "PIP_INDEX_URL",
+                                                                            "PIP_EXTRA_INDEX_URL")]:
+        monkeypatch.delenv(key)
+    assert available_versions(tmp_path) == ["3.50.4", "3.51.3"]   # through `pip config list`, for real
+    cached = json.loads((tmp_path / "sqlite" / "apsw-versions.json").read_text())
+    assert cached["source"]["indexes"] == [f"{url}/json", f"{url}/html"]
+
+
+def test_no_index_answering_falls_back_to_the_shipped_list(tmp_path, monkeypatch, capfd):
+    for key in [k for k in os.environ if k.startswith("PIP_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:1/simple")
+    versions = available_versions(tmp_path)
+    assert versions == sorted(shipped_releases(), key=parse_version)
+    assert "using the list shipped with walstress" in capfd.readouterr().err
+    assert not (tmp_path / "sqlite" / "apsw-versions.json").exists()  # not kept: the next call asks again
+
+
+def test_the_shipped_list_names_the_versions_the_scenarios_use():
+    shipped = shipped_releases()
+    used = set()
+    for path in (PROJECT / "scenarios").glob("*.toml"):
+        for line in path.read_text().splitlines():   # settings (sqlite.version, a matrix of them), not comments
+            if "version" in line and not line.lstrip().startswith("#"):
+                used |= set(re.findall(r"\b3\.\d+\.\d+\b", line.split("#", 1)[0]))
+    assert used and used <= set(shipped), sorted(used - set(shipped))
+    assert all(release.startswith(version + ".") for version, release in shipped.items())
 
 
 @pytest.fixture(scope="session")

@@ -14,29 +14,48 @@ the lock and then finds the finished folder. A folder is used only when it
 holds a ``walstress-apsw.json`` marker written after a successful import
 check, so a half-finished install is never picked up.
 
-``available_versions()`` asks pip (``pip index versions apsw``) and keeps
-the answer for a day in ``<cache>/sqlite/apsw-versions.json``.
+``available_versions()`` reads the package indexes pip is configured with
+(``pip config list``, ``PIP_INDEX_URL``/``PIP_EXTRA_INDEX_URL``/``PIP_FIND_LINKS``;
+pip's default index when none is set): each index's project page for apsw
+through the simple repository API (the JSON form when the index offers it,
+else the HTML form), and each find-links folder or page. It keeps the
+releases with a wheel for this Python and machine, not yanked, and caches
+the answer for a day in ``<cache>/sqlite/apsw-versions.json``. When no index
+answers, the list shipped with walstress (``apsw-releases.json``, refreshed
+by ``nox -s apsw_releases``) is used, and said to be.
 """
 
 from __future__ import annotations
 
+import base64
 import fcntl
 import json
 import os
+import platform
 import re
 import shutil
+import ssl
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from html.parser import HTMLParser
 from pathlib import Path
+from typing import Any
 
 from walstress.errors import EnvironmentProblem
 
 __all__ = [
     "VERSION_LIST_MAX_AGE_SECONDS",
     "available_versions",
-    "apsw_releases",
+    "files_at",
+    "list_releases",
+    "pip_locations",
+    "releases_from_files",
     "ensure_apsw",
     "installed_version_dir",
     "parse_version",
@@ -47,7 +66,6 @@ __all__ = [
 VERSION_LIST_MAX_AGE_SECONDS = 86400.0
 PIP_TIMEOUT_SECONDS = 300.0
 _MARKER = "walstress-apsw.json"
-_APSW_RELEASE_RE = re.compile(r"^(\d+)\.(\d+)\.(\d+)\.(\d+)$")
 _SQLITE_VERSION_RE = re.compile(r"^(\d+)\.(\d+)\.(\d+)$")
 
 
@@ -81,24 +99,196 @@ def _pip(*args: str, timeout: float = PIP_TIMEOUT_SECONDS) -> subprocess.Complet
         raise EnvironmentProblem(f"cannot run pip: {exc}") from None
 
 
-def apsw_releases(pip_output: str) -> dict[str, str]:
-    """SQLite version -> newest apsw release for it, from ``pip index versions apsw``.
+_WHEEL_RE = re.compile(r"^apsw-(\d+\.\d+\.\d+\.\d+)-([^-]+)-([^-]+)-([^-]+)\.whl$", re.IGNORECASE)
+_ACCEPT = "application/vnd.pypi.simple.v1+json, application/vnd.pypi.simple.v1+html;q=0.2, text/html;q=0.1"
+INDEX_TIMEOUT_SECONDS = 30.0
+SHIPPED_LIST = Path(__file__).with_name("apsw-releases.json")
 
-    Only four-part releases (``3.51.2.0``, ``3.46.0.1``) are kept: those are
-    the ones built as wheels for a given SQLite.
+
+@dataclass(frozen=True)
+class IndexFile:
+    """One file a package index or find-links location offers."""
+    name: str
+    yanked: bool = False
+
+
+def wheel_fits_here(python_tag: str, abi_tag: str, platform_tag: str) -> bool:
+    """Whether a wheel with these tags installs on this interpreter and machine (the tags pip would check,
+    in their common forms: ``cp311``/``abi3``/``py3``; ``manylinux_2_28_x86_64``, ``musllinux``, ``macosx``,
+    ``win_amd64``, ``any``)."""
+    here = f"cp{sys.version_info.major}{sys.version_info.minor}"
+    pythons = python_tag.lower().split(".")
+    python_ok = here in pythons or "py3" in pythons or (
+        abi_tag.lower() == "abi3" and any(p.startswith("cp3") and p[3:].isdigit()
+                                          and int(p[3:]) <= sys.version_info.minor for p in pythons))
+    machine = platform.machine().lower()
+    aliases = {"x86_64": ("x86_64", "amd64"), "amd64": ("x86_64", "amd64"), "aarch64": ("aarch64", "arm64"),
+               "arm64": ("aarch64", "arm64")}.get(machine, (machine,))
+    if sys.platform.startswith("linux"):
+        libc = "musllinux" if platform.libc_ver()[0] != "glibc" else "manylinux"
+        families: tuple[str, ...] = (libc, "linux_") if libc == "manylinux" else (libc,)
+    elif sys.platform == "darwin":
+        families, aliases = ("macosx",), aliases + ("universal2", "intel")
+    else:
+        families = ("win",)
+    platform_ok = any(tag == "any" or (tag.startswith(families) and tag.endswith(aliases))
+                      for tag in platform_tag.lower().split("."))
+    return python_ok and platform_ok
+
+
+def releases_from_files(files: list[IndexFile], *, fits: Any = wheel_fits_here) -> dict[str, str]:
+    """SQLite version -> newest apsw release for it with a wheel for this Python and machine, not yanked.
+
+    Only four-part releases (``3.51.2.0``, ``3.46.0.1``) count: those are built for one SQLite version;
+    the last part counts apsw's own re-releases for it.
     """
-    line = next((ln for ln in pip_output.splitlines() if ln.strip().lower().startswith("available versions:")), "")
     best: dict[str, tuple[int, str]] = {}
-    for item in line.split(":", 1)[-1].split(","):
-        item = item.strip()
-        match = _APSW_RELEASE_RE.match(item)
-        if not match:
+    for item in files:
+        match = _WHEEL_RE.match(item.name)
+        if not match or item.yanked or not fits(*match.groups()[1:]):
             continue
-        sqlite_version = ".".join(match.groups()[:3])
-        post = int(match.group(4))
-        if sqlite_version not in best or post > best[sqlite_version][0]:
-            best[sqlite_version] = (post, item)
+        release = match.group(1)
+        sqlite_version, post = release.rsplit(".", 1)
+        if sqlite_version not in best or int(post) > best[sqlite_version][0]:
+            best[sqlite_version] = (int(post), release)
     return {version: release for version, (_, release) in best.items()}
+
+
+class _Anchors(HTMLParser):
+    """The files an HTML index page links to (the simple repository API's HTML form, or a find-links page)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.files: list[IndexFile] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag != "a":
+            return
+        found = dict(attrs)
+        href = found.get("href") or ""
+        name = urllib.parse.unquote(urllib.parse.urlsplit(href).path.rsplit("/", 1)[-1])
+        if name:
+            self.files.append(IndexFile(name, "data-yanked" in found))
+
+
+def files_in_page(body: bytes, content_type: str) -> list[IndexFile]:
+    """The files of one project page: the JSON form (``application/vnd.pypi.simple.v1+json``) or HTML."""
+    if "json" in content_type:
+        data = json.loads(body)
+        return [IndexFile(str(f["filename"]), bool(f.get("yanked"))) for f in data.get("files", [])]
+    parser = _Anchors()
+    parser.feed(body.decode("utf-8", "replace"))
+    return parser.files
+
+
+def _fetch(url: str, *, cafile: str | None) -> tuple[bytes, str]:
+    parts = urllib.parse.urlsplit(url)
+    headers = {"Accept": _ACCEPT, "User-Agent": "walstress"}
+    if parts.username is not None:  # credentials in the URL, as pip takes them: a basic authorization
+        token = f"{urllib.parse.unquote(parts.username)}:{urllib.parse.unquote(parts.password or '')}"
+        headers["Authorization"] = "Basic " + base64.b64encode(token.encode()).decode()
+        netloc = parts.netloc.rsplit("@", 1)[1]
+        url = urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    context = ssl.create_default_context(cafile=cafile) if parts.scheme == "https" else None
+    request = urllib.request.Request(url, headers=headers)
+    with urllib.request.urlopen(request, timeout=INDEX_TIMEOUT_SECONDS, context=context) as response:
+        return response.read(), response.headers.get("Content-Type", "text/html")
+
+
+def files_at(location: str, *, project: str | None, cafile: str | None = None) -> list[IndexFile]:
+    """The files at an index (``project`` given: its page for that project) or a find-links location
+    (a folder, or a page that links to files). Raises OSError/ValueError when it cannot be read."""
+    parts = urllib.parse.urlsplit(location)
+    if parts.scheme in ("", "file"):
+        folder = Path(urllib.request.url2pathname(parts.path) if parts.scheme else location)
+        if project is not None:
+            folder = folder / project
+            if not folder.exists():
+                return []  # the index has no such project
+        if folder.is_dir():
+            page = folder / "index.html"
+            listed = files_in_page(page.read_bytes(), "text/html") if page.is_file() else []
+            return listed + [IndexFile(p.name) for p in folder.iterdir() if p.is_file()]
+        return files_in_page(folder.read_bytes(), "application/json" if folder.suffix == ".json" else "text/html")
+    url = location.rstrip("/") + f"/{project}/" if project is not None else location
+    try:
+        body, content_type = _fetch(url, cafile=cafile)
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404 and project is not None:
+            return []  # the index has no such project
+        raise
+    return files_in_page(body, content_type)
+
+
+@dataclass
+class PipLocations:
+    """Where pip looks for packages, by its configuration."""
+    indexes: list[str]
+    find_links: list[str]
+    cafile: str | None = None
+
+
+def _config_values(text: str) -> dict[str, dict[str, str]]:
+    """``pip config list`` output (``section.name='value'``) -> name -> section -> value."""
+    values: dict[str, dict[str, str]] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if not sep:
+            continue
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        section, _, name = key.strip().rpartition(".")
+        values.setdefault(name, {})[section] = value
+    return values
+
+
+def pip_locations(config_list: str, default_index: str | None) -> PipLocations:
+    """The indexes and find-links of pip's configuration (environment first, then the ``install`` section,
+    then ``global``), from the text of ``pip config list``; ``default_index`` when no index-url is set."""
+    values = _config_values(config_list)
+
+    def pick(name: str) -> str | None:
+        found = values.get(name, {})
+        return next((found[s] for s in (":env:", "install", "global") if s in found), None)
+
+    no_index = (pick("no-index") or "").lower() in ("1", "true", "yes", "on")
+    main = pick("index-url") or default_index
+    indexes = [] if no_index else [u for u in [main, *(pick("extra-index-url") or "").split()] if u]
+    return PipLocations(indexes, (pick("find-links") or "").split(), pick("cert"))
+
+
+def _default_index() -> str | None:
+    """pip's own default index (pip knows it; walstress does not spell it)."""
+    proc = subprocess.run([sys.executable, "-c", "from pip._internal.models.index import PyPI; "
+                           "print(PyPI.simple_url)"], capture_output=True, text=True, timeout=60,
+                          stdin=subprocess.DEVNULL)
+    return proc.stdout.strip() or None if proc.returncode == 0 else None
+
+
+def list_releases(locations: PipLocations) -> tuple[dict[str, str], list[str], list[str]]:
+    """(SQLite version -> apsw release, the locations that answered, one line per location that did not)."""
+    files: list[IndexFile] = []
+    answered, failed = [], []
+    for location, project in [(u, "apsw") for u in locations.indexes] + [(u, None) for u in locations.find_links]:
+        try:
+            files += files_at(location, project=project, cafile=locations.cafile)
+            answered.append(location)
+        except (OSError, ValueError, urllib.error.URLError) as exc:
+            failed.append(f"{location}: {getattr(exc, 'reason', None) or exc}")
+    return releases_from_files(files), answered, failed
+
+
+def shipped_releases() -> dict[str, str]:
+    """The release list shipped with walstress (refreshed by ``nox -s apsw_releases``)."""
+    return dict(json.loads(SHIPPED_LIST.read_text())["releases"])
+
+
+def write_shipped(releases: dict[str, str], path: Path = SHIPPED_LIST) -> None:
+    ordered = {v: releases[v] for v in sorted(releases, key=parse_version)}
+    path.write_text(json.dumps({"refreshed": time.strftime("%Y-%m-%d"), "python": f"cp{sys.version_info.major}"
+                                f"{sys.version_info.minor}", "machine": platform.machine(), "releases": ordered},
+                               indent=1) + "\n")
 
 
 def _releases(cache_dir: str | Path | None, *, refresh: bool = False) -> dict[str, str]:
@@ -111,14 +301,23 @@ def _releases(cache_dir: str | Path | None, *, refresh: bool = False) -> dict[st
                 return dict(data["releases"])
         except (OSError, ValueError, KeyError, TypeError):
             pass
-    proc = _pip("index", "versions", "apsw", timeout=120)
-    releases = apsw_releases(proc.stdout)
+    config = _pip("config", "list", timeout=60)
+    releases, answered, failed = list_releases(pip_locations(config.stdout, _default_index()))
+    source: dict[str, Any] = {"indexes": answered, "failed": failed}
     if not releases:
-        detail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise EnvironmentProblem(f"cannot list the apsw releases with pip (pip index versions apsw): {detail}")
+        try:
+            releases = shipped_releases()
+        except (OSError, ValueError, KeyError) as exc:
+            raise EnvironmentProblem(f"no package index listed apsw ({'; '.join(failed) or 'none configured'}) "
+                                     f"and the shipped list cannot be read: {exc}") from None
+        source["shipped_list"] = str(SHIPPED_LIST)
+        print(f"walstress: no package index listed apsw ({'; '.join(failed) or 'none configured'}); using the "
+              f"list shipped with walstress", file=sys.stderr)
+        return releases  # not cached: the next call asks the indexes again
     folder.mkdir(parents=True, exist_ok=True)
     tmp = cached.with_name(f".{cached.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"fetched_at": time.time(), "releases": releases}, indent=1, sort_keys=True))
+    tmp.write_text(json.dumps({"fetched_at": time.time(), "releases": releases, "source": source}, indent=1,
+                              sort_keys=True))
     os.replace(tmp, cached)
     return releases
 
@@ -219,3 +418,34 @@ def _loaded_version(path: Path) -> str:
         detail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         raise EnvironmentProblem(f"apsw installed in {path} does not import: {detail}")
     return proc.stdout.strip()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m walstress.sqlite.versions``: the SQLite versions apsw has wheels for, read from pip's
+    indexes now (``--write-shipped``: and saved as the list shipped with walstress)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m walstress.sqlite.versions", allow_abbrev=False,
+                                     description=main.__doc__)
+    parser.add_argument("--write-shipped", action="store_true", help=f"write the list to {SHIPPED_LIST.name}")
+    parser.add_argument("--json", action="store_true", help="print SQLite version -> apsw release as JSON")
+    args = parser.parse_args(argv)
+    config = _pip("config", "list", timeout=60)
+    releases, answered, failed = list_releases(pip_locations(config.stdout, _default_index()))
+    for line in failed:
+        print(f"walstress: not read: {line}", file=sys.stderr)
+    print(f"walstress: read {', '.join(answered) or 'nothing'}", file=sys.stderr)
+    if not releases:
+        print("walstress: no package index listed an apsw wheel for this Python and machine", file=sys.stderr)
+        return 1
+    if args.write_shipped:
+        write_shipped(releases)
+        print(f"walstress: {len(releases)} SQLite versions from {len(answered)} location(s) written to "
+              f"{SHIPPED_LIST}", file=sys.stderr)
+    ordered = sorted(releases, key=parse_version)
+    print(json.dumps({v: releases[v] for v in ordered}, indent=1) if args.json else " ".join(ordered))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
