@@ -280,6 +280,8 @@ def test_init_writes_a_starter_that_runs(app, cache_dir, monkeypatch):
     text = (app / "mine.toml").read_text()
     assert 'template = "app.db"' in text and 'entry = "worker.py:work"' in text and 'role = "sql"' in text
     assert "# [faults.lock_breaker]" in text
+    from walstress.scenario_schema import SHIPPED
+    assert text.splitlines()[0] == f"#:schema {SHIPPED.as_uri()}"  # an editor's TOML server finds the schema
     result = run(app / "mine.toml", app / "out", overrides=["duration=2s", "repeat=1"])
     res = result.runs[0]
     assert res["verdict"] == "clean", res["reason"]

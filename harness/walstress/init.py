@@ -24,6 +24,7 @@ from walstress.catalog import load_scenario
 from walstress.database.snapshot import copy_database
 from walstress.errors import ScenarioError, UsageError
 from walstress.loading import LoadError, ensure_on_path, load_object
+from walstress.scenario_schema import SHIPPED as SCHEMA
 from walstress.tomlwriter import value as toml_value
 
 MAX_TABLES = 4
@@ -99,7 +100,8 @@ def sql_statements(table: dict[str, Any]) -> list[dict[str, Any]]:
 
 def starter(db: Path | None, entry: str | None, out: Path) -> str:
     base = out.parent.resolve()
-    lines = ["# A starter scenario written by `walstress init`: edit it, then",
+    lines = [f"#:schema {SCHEMA.as_uri()}",   # keys completed and checked in an editor with a TOML server
+             "# A starter scenario written by `walstress init`: edit it, then",
              f"#   walstress run {out}",
              "# Every key has a default; the README lists them all. Paths are relative to this file.",
              f'name = "{out.stem}"',
