@@ -1,8 +1,10 @@
 """nox sessions for walstress.
 
-    nox                       lint, tests and smoke (the default)
-    nox -s tests -- -n auto   the default test suite; arguments go to pytest
+    nox                       lint, tests and smoke (the default; tag "ci")
+    nox -s tests -- -x        the README's test command on each Python; arguments go to pytest
+    nox -s wheel              build the wheel, install it (not editable) and run the tests against it
     nox -s lint               ruff, mypy and the layering contracts (lint-imports)
+    nox -s apsw_releases      refresh the shipped list of SQLite versions apsw has wheels for
     nox -s nightly            property and stateful tests with the nightly Hypothesis profile
     nox -s smoke              the 15 s smoke scenario
     nox -s stress             full-size (65K pages) healthy stress, a matrix of checkpoint modes
@@ -11,6 +13,13 @@
     nox -s bench              walstress bench at full size: every benchmark next to its baseline
     nox -s crash              every shipped crash exploration (scenarios/crash/) against its verdict
     nox -s damage             `walstress check` on 2,000 damaged databases (the damage corpus)
+
+Tags group the sessions: ``nox -t ci`` (lint, tests, wheel, smoke), ``nox -t repro``
+(every reproduction: repro, crash and the SQLite versions), ``nox -t long``
+(everything that takes more than a few minutes). ``nox -l`` lists them all.
+tests and wheel run on each Python of PYTHONS this machine has (a missing one
+is skipped, not an error); the virtual environments are made with uv when it
+is installed, else with virtualenv.
 
 For smoke, stress, repro and sqlite, arguments after ``--`` pass
 through to ``walstress run`` (e.g. ``-- --duration 5 --set seed=3`` or
@@ -23,6 +32,8 @@ extras, so a fresh machine needs only Python >= 3.10 and nox.
 from __future__ import annotations
 
 import json
+import shlex
+import tempfile
 import time
 from pathlib import Path
 
@@ -49,8 +60,18 @@ STRESS_SETTINGS = [
     "duration=30s",
 ]
 
+# The Pythons the package supports (requires-python); sessions with python=PYTHONS skip the ones not installed.
+PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
+
 nox.options.sessions = ["lint", "tests", "smoke"]
-nox.options.error_on_missing_interpreters = True
+nox.options.error_on_missing_interpreters = False
+nox.options.default_venv_backend = "uv|virtualenv"
+
+
+def readme_test_command() -> list[list[str]]:
+    """The README's test command (its second indented line), split into its commands at ``&&``."""
+    lines = [ln.strip() for ln in (ROOT / "README.md").read_text().splitlines() if ln.startswith("    ")]
+    return [shlex.split(part) for part in lines[1].split("&&")]
 
 
 def _install(session: nox.Session, extras: str = "") -> None:
@@ -121,14 +142,41 @@ def _require_ok(session: nox.Session, outcomes: list[tuple[str, dict | None]]) -
         session.error(f"verdicts differ from expect in: {', '.join(differing)}")
 
 
-@nox.session
+@nox.session(python=PYTHONS, tags=["ci"])
 def tests(session: nox.Session) -> None:
-    """The default test suite (pytest; arguments after -- go to pytest)."""
-    _install(session, "test")
-    session.run("pytest", *session.posargs)
+    """The README's test command, as written there (arguments after -- are added to pytest's)."""
+    install, test = readme_test_command()
+    if install[:2] != ["pip", "install"] or test[:3] != ["python", "-m", "pytest"]:
+        session.error(f"the README's test command is not 'pip install ... && python -m pytest ...': {install} {test}")
+    session.install(*install[2:])
+    session.run(*test, *session.posargs)
+
+
+@nox.session(python=PYTHONS, tags=["ci"])
+def wheel(session: nox.Session) -> None:
+    """Build the wheel, install it with its test extra (not editable) and run the test suite against it:
+    what a user installs must hold every module and data file the tests reach."""
+    folder = Path(tempfile.mkdtemp(prefix="walstress-wheel-"))
+    session.run("python", "-m", "pip", "wheel", "--no-deps", "--wheel-dir", str(folder), ".", silent=True)
+    (built,) = folder.glob("walstress-*.whl")
+    session.install(f"{built}[test]")
+    where = session.run("python", "-c", "import walstress; print(walstress.__file__)", silent=True)
+    if str(ROOT / "harness") in str(where):
+        session.error(f"walstress is imported from the source tree ({where.strip()}), not from the wheel")
+    session.log(f"testing {built.name}, imported from {str(where).strip()}")
+    _, test = readme_test_command()
+    session.run(*test, *session.posargs)
 
 
 @nox.session
+def apsw_releases(session: nox.Session) -> None:
+    """Read the package indexes pip is configured with and rewrite the list of SQLite versions apsw has
+    wheels for that walstress ships (harness/walstress/sqlite/apsw-releases.json; used when no index answers)."""
+    _install(session)
+    session.run("python", "-m", "walstress.sqlite.versions", "--write-shipped")
+
+
+@nox.session(tags=["long"])
 def nightly(session: nox.Session) -> None:
     """Property and stateful tests with the nightly Hypothesis profile (more examples, failures kept)."""
     _install(session, "test")
@@ -136,7 +184,7 @@ def nightly(session: nox.Session) -> None:
                 env={"HYPOTHESIS_PROFILE": "nightly"})
 
 
-@nox.session
+@nox.session(tags=["long"])
 def damage(session: nox.Session) -> None:
     """`walstress check` on the damage corpus: 2,000 damaged databases (``-- N`` for another count), each
     answered healthy or damaged without an exception, in bounded time, in agreement with SQLite."""
@@ -148,7 +196,7 @@ def damage(session: nox.Session) -> None:
                 env={"WALSTRESS_DAMAGE_EXAMPLES": count})
 
 
-@nox.session
+@nox.session(tags=["ci"])
 def lint(session: nox.Session) -> None:
     """ruff, mypy and the import-linter contracts of the layers (rules and settings in pyproject.toml)."""
     _install(session, "lint")
@@ -157,14 +205,14 @@ def lint(session: nox.Session) -> None:
     session.run("lint-imports")
 
 
-@nox.session
+@nox.session(tags=["ci"])
 def smoke(session: nox.Session) -> None:
     """The smoke scenario: a short healthy run that must be clean."""
     _install(session)
     _require_ok(session, _run_all(session, "smoke", [SMOKE]))
 
 
-@nox.session
+@nox.session(tags=["long"])
 def stress(session: nox.Session) -> None:
     """Full-size healthy stress: 65K-page hermes database, every checkpoint mode; must be clean.
 
@@ -190,7 +238,7 @@ def _cell_lines(data: dict) -> list[tuple[str, str, str, bool]]:
     return lines
 
 
-@nox.session
+@nox.session(tags=["repro", "long"])
 def repro(session: nox.Session) -> None:
     """Every shipped reproduction against its expected verdict; fails when one differs."""
     _install(session, "apsw")  # several reproductions drive SQLite through apsw
@@ -222,8 +270,8 @@ def repro(session: nox.Session) -> None:
     session.log(f"all {len(table)} reproduction cell(s) match their expected verdicts")
 
 
-@nox.session
-@nox.parametrize("version", SQLITE_VERSIONS)
+@nox.session(tags=["repro", "long"])
+@nox.parametrize("version", SQLITE_VERSIONS, ids=SQLITE_VERSIONS)
 def sqlite(session: nox.Session, version: str) -> None:
     """The smoke scenario on one SQLite version (the apsw wheel that bundles it)."""
     session.install("-e", ".[apsw]", f"apsw~={version}.0")
@@ -241,7 +289,7 @@ def sqlite(session: nox.Session, version: str) -> None:
     _require_ok(session, outcomes)
 
 
-@nox.session
+@nox.session(tags=["long"])
 def bench(session: nox.Session) -> None:
     """Every benchmark of ``walstress bench`` at full size, each next to its baseline (bench.json, bench.md);
     arguments after ``--`` go to walstress bench (e.g. ``-- --only 1,3,7`` or ``-- --size tiny``)."""
@@ -264,7 +312,7 @@ CRASH_EXPLORATIONS = [
 ]
 
 
-@nox.session
+@nox.session(tags=["repro", "long"])
 def crash(session: nox.Session) -> None:
     """Every shipped crash exploration (scenarios/crash/) against the verdict it must reach, with the
     smallest failing state of each replayed; arguments after ``--`` go to ``walstress crash explore``."""
