@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
+import time
+import types
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from walstress.checks.ledger import check_ledger
 from walstress.errors import ScenarioError
-from walstress.ledger import content_crc
+from walstress.history import HistoryWriter, read_records
+from walstress.ledger import RowOp, content_crc, decode_ops, encode_ops
+from walstress.workers.base import Actor
 from walstress.catalog import scenario_from_dict
 
 
@@ -146,3 +153,42 @@ def test_a_row_whose_text_is_not_utf8_reads_as_changed(tmp_path):
     result = check_ledger(tmp_path / "db", ledger)
     assert result.lost_ids == [2], "the damaged row is lost; the whole one is read back"
     assert {d["id"]: d["found"] for d in result.lost_details}[2] != "missing"
+
+
+# The fast encodings (ledger P lines, op records) say exactly what the general JSON encoder says.
+_keys = st.one_of(st.integers(), st.text(max_size=12), st.floats(allow_nan=False, allow_infinity=False),
+                  st.lists(st.one_of(st.integers(), st.text(max_size=5)), max_size=3),
+                  st.dictionaries(st.text(max_size=5), st.integers(), max_size=3))
+_values = st.one_of(st.none(), st.integers(), st.text(max_size=20), st.binary(max_size=20),
+                    st.floats(allow_nan=False))
+_ops = st.lists(st.one_of(
+    st.builds(RowOp.written, st.text(min_size=1, max_size=10), _keys,
+              st.one_of(st.none(), st.dictionaries(st.text(min_size=1, max_size=6), _values, max_size=4))),
+    st.builds(RowOp.deleted, st.text(min_size=1, max_size=10), _keys)), min_size=1, max_size=4)
+
+
+@given(_ops)
+@settings(max_examples=300, deadline=None)
+def test_ledger_lines_encode_as_the_json_encoder_does(ops):
+    line = encode_ops(ops)
+    assert line == "J" + json.dumps([op.to_json() for op in ops], separators=(",", ":"), ensure_ascii=True)
+    assert decode_ops(line) == ops
+
+
+@given(st.sampled_from(["write", "read", "wr\u00efte \"x\""]), st.floats(min_value=0, max_value=2e9),
+       st.dictionaries(st.sampled_from(["rows", "n", "count"]), st.integers(), max_size=2))
+@settings(max_examples=200, deadline=None)
+def test_op_records_encode_as_the_json_encoder_does(tmp_path_factory, kind, t0, extra):
+    path = tmp_path_factory.mktemp("ops") / "h.jsonl"
+    history = HistoryWriter(path, flush_records=1)
+    actor = Actor.__new__(Actor)   # only what record_op reads
+    actor.name, actor.thread_index, actor._op_prefixes = "python-0", 3, {}
+    actor.ctx = types.SimpleNamespace(history=history)
+    m0 = time.perf_counter()
+    actor.record_op(kind, t0, m0, **extra)
+    history.close()
+    (rec,) = list(read_records(path))
+    assert list(rec) == ["type", "worker", "thread", "kind", "t", "ms", "ok", "err", *extra]
+    assert rec["t"] == t0 and rec["kind"] == kind and rec["worker"] == "python-0" and rec["thread"] == 3
+    assert rec["ok"] is True and rec["err"] is None and 0 <= rec["ms"] < 60_000
+    assert all(rec[k] == v for k, v in extra.items())

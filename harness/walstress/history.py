@@ -40,7 +40,10 @@ class HistoryWriter:
         self._closed = False
 
     def record(self, rec: dict[str, Any]) -> None:
-        line = json.dumps(rec, separators=(",", ":"), default=str)
+        self.record_line(json.dumps(rec, separators=(",", ":"), default=str))
+
+    def record_line(self, line: str) -> None:
+        """A record already encoded as one line of JSON (an object), for callers that encode faster."""
         with self._lock:
             if self._closed:
                 return

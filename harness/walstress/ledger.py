@@ -68,13 +68,14 @@ def _encode_value(value: Any) -> bytes:
     raise TypeError(f"a column value of type {type(value).__name__} (store it as text, a number or bytes)")
 
 
-def row_crc(values: Mapping[str, Any]) -> int:
-    """Checksum of a row's values, by column name: the same whatever order the columns come in."""
+def row_crc(values: Mapping[str, Any], names: Iterable[str] | None = None) -> int:
+    """Checksum of a row's values, by column name: the same whatever order the columns come in
+    (``names``: the columns already sorted)."""
     if len(values) == 1:
         (only,) = values.values()
         if only is None or isinstance(only, str):
             return content_crc(only)  # the built-in roles' checksum of a messages row's content
-    parts = [name.encode() + b"=" + _encode_value(values[name]) for name in sorted(values)]
+    parts = [name.encode() + b"=" + _encode_value(values[name]) for name in (names or sorted(values))]
     return zlib.crc32(b"\x1f".join(parts))
 
 
@@ -159,12 +160,23 @@ class RowOp:
     @classmethod
     def written(cls, table: str, key: Any, row: Mapping[str, Any] | None) -> "RowOp":
         """A row written with these column values (None: only that the row exists)."""
-        values = dict(row or {})
-        return cls("W", table, _plain_key(key), row_crc(values) if values else None, tuple(sorted(values)))
+        values = row or {}
+        names = tuple(sorted(values))
+        return cls("W", table, _plain_key(key), row_crc(values, names) if values else None, names)
 
     @classmethod
     def deleted(cls, table: str, key: Any) -> "RowOp":
         return cls("D", table, _plain_key(key))
+
+    def encode(self) -> str:
+        """``to_json()`` as compact ASCII JSON; the table's and the columns' texts are made once per process
+        (a transaction of a user's code writes the same few tables over and over)."""
+        table = _JSON_TEXTS.get(self.table) or _json_text(self.table)
+        key = _json_compact(self.key)
+        if self.action == "D":
+            return f'{{"a":"D","t":{table},"k":{key}}}'
+        cols = _JSON_TEXTS.get(self.cols) or _json_text(self.cols)
+        return f'{{"a":"W","t":{table},"k":{key},"c":{"null" if self.crc is None else self.crc},"cols":{cols}}}'
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"a": self.action, "t": self.table, "k": self.key}
@@ -184,6 +196,20 @@ class RowOp:
     @property
     def ref(self) -> Ref:
         return row_ref(self.table, self.key)
+
+
+_JSON_TEXTS: dict[Any, str] = {}
+
+
+def _json_compact(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=True)
+
+
+def _json_text(value: str | tuple[str, ...]) -> str:
+    if len(_JSON_TEXTS) > 4096:  # bounded: a user's code may name tables or columns without end
+        _JSON_TEXTS.clear()
+    text = _JSON_TEXTS[value] = _json_compact(list(value) if isinstance(value, tuple) else value)
+    return text
 
 
 def _plain_key(key: Any) -> Any:
@@ -208,7 +234,7 @@ def encode_ops(ops: Iterable[AnyOp]) -> str:
         return " ".join(op.encode() for op in ops)  # type: ignore[union-attr]
     general = [op if isinstance(op, RowOp) else RowOp("D" if op.deletes else "W", op.table, op.key, op.crc, op.cols)
                for op in ops]
-    return "J" + json.dumps([op.to_json() for op in general], separators=(",", ":"), ensure_ascii=True)
+    return "J[" + ",".join(op.encode() for op in general) + "]"
 
 
 def decode_ops(text: str) -> list[AnyOp]:
