@@ -277,6 +277,50 @@ def test_matrix_figures_compare_the_cells(matrix_run):
     assert heights == pytest.approx([r["wal_peak_bytes"] / MIB for r in rows])
 
 
+def _legend_texts(fig) -> list[str]:
+    return [t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()]
+
+
+def test_legends_list_only_what_is_drawn(matrix_run, tmp_path):
+    out, results, _ = matrix_run
+    runs_by_cell = {c["cell_id"]: [D.load_run(Path(r["run_dir"])) for r in c["results"]] for c in results["cells"]}
+    colours = {"cell-000": F.cell_colour(0), "cell-001": F.cell_colour(1)}
+    figures = [draw(runs[0]) for runs in runs_by_cell.values() for draw in F.RUN_FIGURES.values()]
+    figures += [F.draw_wal_growth(D.wal_growth_curves(results["cells"], runs_by_cell), colours),
+                F.draw_write_latency_by_cell(results["cells"], runs_by_cell, colours)]
+    for fig in figures:
+        for ax in fig.axes:
+            legend = ax.get_legend()
+            if legend is None:
+                continue
+            texts = [t.get_text() for t in legend.get_texts()]
+            assert texts, "an empty legend box"
+            for artist in list(ax.lines) + list(ax.collections):  # a labelled series in the legend shows a point
+                if artist.get_label() in texts:
+                    assert F._drawn(artist), (artist.get_gid(), artist.get_label())
+    by_cell = F.draw_write_latency_by_cell(results["cells"], runs_by_cell, colours)
+    slow = any((runs[0].ops["write"].ms >= F.SLOW_MS).any() for runs in runs_by_cell.values())
+    assert any(t.startswith("writes >") for t in _legend_texts(by_cell)) == slow
+
+    # a run of three writes: points, but too few per bucket for a percentile line; no stall, no fault
+    history = HistoryWriter(tmp_path / "few" / "history" / "writer-0.jsonl")
+    history.record({"type": "go", "t": 100.0})
+    for t in (100.0, 100.1, 100.2):
+        history.record({"type": "op", "worker": "writer-0", "kind": "write", "t": t, "ms": 2.0, "ok": True,
+                        "err": None})
+    history.record({"type": "sample", "t": 100.3, "wal_bytes": 4096, "db_bytes": 8192})
+    history.close()
+    few = D.load_run(tmp_path / "few")
+    assert _legend_texts(F.draw_latency(few)) == ["each operation"]
+    assert _legend_texts(F.draw_sizes(few)) == ["WAL size"]
+    # nothing recorded at all: no legend anywhere
+    HistoryWriter(tmp_path / "none" / "history" / "writer-0.jsonl").close()
+    empty = D.load_run(tmp_path / "none")
+    for draw in F.RUN_FIGURES.values():
+        assert _legend_texts(draw(empty)) == [], draw.__name__
+        assert all(ax.get_legend() is None for ax in draw(empty).axes)
+
+
 def test_console_progress_and_summary(tmp_path, matrix_run):
     history = tmp_path / "history"
     with HistoryWriter(history / "writer-0.jsonl") as writer:
