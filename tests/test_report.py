@@ -130,11 +130,14 @@ def test_report_files_written(matrix_run):
             assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         md = (run_dir / "report.md").read_text()
         page = (run_dir / "report.html").read_text()
-        # verdict first, then the scenario, SQLite and environment
+        # verdict first, then the figures, the checks, and last the details: scenario, SQLite, environment
         body = md.split("\n", 2)[2]
         assert body.lstrip().startswith("**CLEAN")
-        order = [md.index(h) for h in ("**CLEAN", "## Scenario", "## SQLite", "## Figures", "## Checks",
-                                        "## Lost writes", "## Environment")]
+        order = [md.index(h) for h in ("**CLEAN", "## Figures", "![", "## Checks", "## Lost writes",
+                                        "## Scenario", "## SQLite", "## Environment")]
+        assert order == sorted(order)
+        order = [page.index(h) for h in ('class="verdict"', ">Figures<", "<figure>", ">Checks<",
+                                          ">Scenario<", ">SQLite<", ">Environment<")]
         assert order == sorted(order)
         assert "checkpoint.mode =" in md
         assert "ENABLE_FTS5" in md.replace("\n", " ") or "not known" in md
@@ -147,6 +150,11 @@ def test_report_files_written(matrix_run):
     top = (out / "report.md").read_text()
     assert top.split("\n", 2)[2].lstrip().startswith("**PASS")
     assert "cell-000" in top and "cell-001" in top and "mode=PASSIVE" in top and "mode=TRUNCATE" in top
+    # the folder page: verdict, the cells, the figures (matrix, then the runs'), then the details
+    order = [top.index(h) for h in ("**PASS", "| cell |", "## Comparison", "](figures/comparison.png)",
+                                     "## cell-000", "](cell-000/run-000/figures/sizes.png)", "## cell-001",
+                                     "## Scenario", "## SQLite", "## Environment")]
+    assert order == sorted(order)
     assert (out / "report.html").read_text().count("data:image/png;base64,") >= 4 + 2 * 4
 
 

@@ -3,17 +3,19 @@
 Layout written into an output folder (``walstress run ... --out OUT``):
 
     OUT/report.md, OUT/report.html       verdict first, the cells side by side,
-                                         scenario, SQLite, environment, and per
-                                         cell its runs (figures inline for the
-                                         failing runs and each cell's first run)
+                                         the matrix figures, per cell its runs
+                                         (figures inline for the failing runs
+                                         and each cell's first run), then
+                                         scenario, SQLite, environment
     OUT/figures/*.png                    matrix figures, when there are two or
                                          more cells: comparison (small multiples),
                                          wal_growth (every cell on one axis),
                                          wal_by_cell, write_latency_by_cell
     OUT/comparison.json                  the numbers of the comparison table
-    OUT/cell-NNN/run-NNN/report.md|html  one run: verdict, scenario, SQLite
+    OUT/cell-NNN/run-NNN/report.md|html  one run: verdict, figures, checks,
+                                         lost ids, then scenario, SQLite
                                          versions and compile options,
-                                         environment, figures, checks, lost ids
+                                         environment
     OUT/cell-NNN/run-NNN/figures/*.png   sizes (WAL + db, checkpoints, faults),
                                          latency, throughput, latency_cdf
 

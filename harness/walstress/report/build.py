@@ -61,7 +61,8 @@ def _latency_rows(result: dict[str, Any]) -> list[list[Any]]:
 
 def run_sections(page: P.Page, result: dict[str, Any], run: D.RunData, figs: dict[str, Path], *,
                  level: int, with_context: bool) -> None:
-    """The body of a run's report (also used, one level down, in an output folder's page)."""
+    """The body of a run's report (also used, one level down, in an output folder's page): the verdict,
+    its numbers, the figures, the checks, then (``with_context``) the scenario and SQLite."""
     text, colour = P.verdict_text(result)
     page.verdict(text, colour)
     cause = cause_text(result)
@@ -88,12 +89,6 @@ def run_sections(page: P.Page, result: dict[str, Any], run: D.RunData, figs: dic
         ["errors by class", ", ".join(f"{k} {v}" for k, v in sorted(result.get("errors", {}).items()) if v) or "none"],
     ])
     h = level
-    if with_context:
-        meta = _load_json(run.run_dir / "scenario.json") or {}
-        page.h(h, "Scenario")
-        page.p(f"Seed {meta.get('seed', result.get('seed', '-'))}, run dir `{run.run_dir}`.")
-        page.code(P.scenario_lines(meta.get("scenario", {})))
-        sqlite_section(page, result, run, level=h)
     page.h(h, "Figures")
     captions = {"sizes.png": "WAL and database size; checkpoints marked by mode and outcome; faults shaded",
                 "latency.png": "latency of every operation, with p50 / p95 / p99 per time bucket",
@@ -125,6 +120,12 @@ def run_sections(page: P.Page, result: dict[str, Any], run: D.RunData, figs: dic
     if examples:
         page.h(h, "Error examples")
         page.table(["class", "first message"], [[k, v] for k, v in sorted(examples.items())])
+    if with_context:  # the details last: scenario, SQLite and its compile options
+        meta = _load_json(run.run_dir / "scenario.json") or {}
+        page.h(h, "Scenario")
+        page.p(f"Seed {meta.get('seed', result.get('seed', '-'))}, run dir `{run.run_dir}`.")
+        page.code(P.scenario_lines(meta.get("scenario", {})))
+        sqlite_section(page, result, run, level=h)
 
 
 def sqlite_section(page: P.Page, result: dict[str, Any], run: D.RunData, *, level: int) -> None:
@@ -294,18 +295,6 @@ def build_folder_report(out_dir: Path, results: dict[str, Any]) -> list[Path]:
 
         page.h(1, "What changes the verdict")
         page.bullets(explain(results))
-    page.h(1, "Scenario")
-    page.p(f"{scenario.get('description') or ''} (file `{scenario.get('source') or '-'}`, seed "
-           f"{scenario.get('seed', '-')}, {results.get('repeat', '-')} run(s) per cell).".strip())
-    if scenario.get("matrix"):
-        page.code("\n".join(f"{k} = {json.dumps(v)}" for k, v in scenario["matrix"].items()))
-    first = next(((c["results"][0], runs_by_cell[c["cell_id"]][0]) for c in cells
-                  if c.get("results") and runs_by_cell.get(c["cell_id"])), None)
-    if first is not None:
-        page.p(f"Resolved scenario of {first[1].run_dir.parent.name} (other cells differ by the matrix keys):")
-        page.code(P.scenario_lines(_scenario_of(first[1].run_dir)))
-        sqlite_section(page, first[0], first[1], level=1)
-    environment_section(page, env, out_dir, level=1)
     if matrix_figs:
         page.h(1, "Comparison")
         captions = {"comparison.png": "cells side by side", "wal_growth.png": "WAL growth of every cell, one axis",
@@ -332,6 +321,18 @@ def build_folder_report(out_dir: Path, results: dict[str, Any]) -> list[Path]:
                 cause = cause_text(result)
                 if cause:
                     page.p(cause)
+    page.h(1, "Scenario")
+    page.p(f"{scenario.get('description') or ''} (file `{scenario.get('source') or '-'}`, seed "
+           f"{scenario.get('seed', '-')}, {results.get('repeat', '-')} run(s) per cell).".strip())
+    if scenario.get("matrix"):
+        page.code("\n".join(f"{k} = {json.dumps(v)}" for k, v in scenario["matrix"].items()))
+    first = next(((c["results"][0], runs_by_cell[c["cell_id"]][0]) for c in cells
+                  if c.get("results") and runs_by_cell.get(c["cell_id"])), None)
+    if first is not None:
+        page.p(f"Resolved scenario of {first[1].run_dir.parent.name} (other cells differ by the matrix keys):")
+        page.code(P.scenario_lines(_scenario_of(first[1].run_dir)))
+        sqlite_section(page, first[0], first[1], level=1)
+    environment_section(page, env, out_dir, level=1)
     page.p(f"Report built {time.strftime('%Y-%m-%d %H:%M:%S')} from the runs' histories "
            f"(`walstress report {out_dir}` rebuilds it).")
     return written + P.write_page(page, out_dir)
