@@ -12,6 +12,7 @@ import io
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -156,6 +157,22 @@ def test_report_files_written(matrix_run):
                                      "## Scenario", "## SQLite", "## Environment")]
     assert order == sorted(order)
     assert (out / "report.html").read_text().count("data:image/png;base64,") >= 4 + 2 * 4
+
+
+def test_every_figure_has_a_visible_caption(matrix_run):
+    out, _results, _ = matrix_run
+    for folder in [out] + _run_dirs(out):
+        page = (folder / "report.html").read_text()
+        figures = re.findall(r"<figure>(.*?)</figure>", page, re.S)
+        assert figures and len(figures) == page.count("<img ")
+        for figure in figures:
+            alt = re.search(r'<img alt="([^"]+)"', figure)
+            caption = re.search(r"<figcaption>([^<]+)</figcaption>$", figure)
+            assert alt and caption, figure[:80]
+            assert len(caption.group(1)) > len(alt.group(1)) > 5  # a sentence, not the alt text again
+        md = (folder / "report.md").read_text()
+        images = re.findall(r"!\[[^\]]+\]\([^)]+\)\n\n\*([^*\n]+)\*\n", md)
+        assert len(images) == md.count("![") == len(figures)
 
 
 def test_sizes_figure_plots_the_samples_and_every_checkpoint(matrix_run):

@@ -18,6 +18,32 @@ from walstress.report import pages as P
 OVERVIEW_RUNS_WITH_FIGURES = 8   # runs whose figures the output folder's page shows inline
 INTEGRITY_LINES_SHOWN = 200
 
+# file name: (alt text, caption shown under the figure)
+RUN_FIGURE_TEXT = {
+    "sizes.png": ("WAL and database size over time",
+                  "WAL size (top) and database file size (bottom) over time. Markers: checkpoints, shape by mode, "
+                  "colour by outcome (green complete, orange partial, red busy); grey: fault windows."),
+    "latency.png": ("latency of every operation over time",
+                    "Latency of every operation, one panel per kind (points), with p50 / p95 / p99 per time bucket "
+                    f"(lines, for buckets of at least {F.PERCENTILE_MIN_COUNT} operations); red: write stalls."),
+    "throughput.png": ("operations per second per kind",
+                       "Operations started per second, one panel per kind, on a linear axis: a stall shows as zero."),
+    "latency_cdf.png": ("latency distribution per kind",
+                        "Latency distribution per kind: the fraction of operations at or below a latency; "
+                        "dotted lines at 0.5, 0.95 and 0.99."),
+}
+MATRIX_FIGURE_TEXT = {
+    "comparison.png": ("cells side by side",
+                       "The cells side by side, one panel per measure, one bar per cell (its worst run)."),
+    "wal_growth.png": ("WAL growth of every cell",
+                       "WAL size of every run on one axis, in its cell's colour (thin lines: repeats)."),
+    "wal_by_cell.png": ("WAL size per cell",
+                        "WAL size of each cell's first run on its own scale; markers: checkpoints by outcome."),
+    "write_latency_by_cell.png": ("write latency per cell",
+                                  "Write latency of each cell's first run on one shared axis: points are writes, "
+                                  "the line is p99 per time bucket, red shading: write stalls."),
+}
+
 
 def _load_json(path: Path) -> dict[str, Any] | None:
     try:
@@ -90,12 +116,9 @@ def run_sections(page: P.Page, result: dict[str, Any], run: D.RunData, figs: dic
     ])
     h = level
     page.h(h, "Figures")
-    captions = {"sizes.png": "WAL and database size; checkpoints marked by mode and outcome; faults shaded",
-                "latency.png": "latency of every operation, with p50 / p95 / p99 per time bucket",
-                "throughput.png": "operations per second per kind",
-                "latency_cdf.png": "latency distribution per kind"}
     for name, path in figs.items():
-        page.image(path, captions.get(name, name))
+        alt, caption = RUN_FIGURE_TEXT.get(name, (name, ""))
+        page.image(path, alt, caption)
     rows = _latency_rows(result)
     if rows:
         page.h(h, "Latency (ms)")
@@ -297,11 +320,9 @@ def build_folder_report(out_dir: Path, results: dict[str, Any]) -> list[Path]:
         page.bullets(explain(results))
     if matrix_figs:
         page.h(1, "Comparison")
-        captions = {"comparison.png": "cells side by side", "wal_growth.png": "WAL growth of every cell, one axis",
-                    "wal_by_cell.png": "WAL size per cell, own scale, checkpoints marked",
-                    "write_latency_by_cell.png": "write latency per cell, shared axis"}
         for name, path in matrix_figs.items():
-            page.image(path, captions[name])
+            alt, caption = MATRIX_FIGURE_TEXT[name]
+            page.image(path, alt, caption)
     shown = _runs_to_show(cells)
     for cell in cells:
         page.h(1, f"{cell['cell_id']}: {cell.get('label', '')}")

@@ -1,9 +1,9 @@
 """report.md and report.html from one document model.
 
-A page is a list of blocks (heading, paragraph, table, code, image, list);
+A page is a list of blocks (heading, paragraph, table, code, figure, list);
 :func:`to_markdown` renders it for a code host (images as relative links),
 :func:`to_html` as one self-contained file (images inline as base64, no
-script, no network).
+script, no network). A figure carries a caption shown under it.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ class Block:
     text: str = ""
     rows: list[list[str]] = field(default_factory=list)
     path: Path | None = None       # image file
+    caption: str = ""              # shown under an image
     colour: str | None = None
 
 
@@ -54,8 +55,8 @@ class Page:
     def code(self, text: str) -> None:
         self.blocks.append(Block("code", text))
 
-    def image(self, path: Path, alt: str) -> None:
-        self.blocks.append(Block("img", alt, path=path))
+    def image(self, path: Path, alt: str, caption: str) -> None:
+        self.blocks.append(Block("img", alt, path=path, caption=caption))
 
     def bullets(self, items: list[str]) -> None:
         self.blocks.append(Block("ul", rows=[[i] for i in items]))
@@ -95,6 +96,8 @@ def to_markdown(page: Page, base: Path) -> str:
         elif b.kind == "img" and b.path is not None:
             rel = os.path.relpath(b.path, base).replace(os.sep, "/")
             out += [f"![{b.text}]({rel})", ""]
+            if b.caption:
+                out += [f"*{b.caption}*", ""]
         elif b.kind == "ul":
             out += [f"- {r[0]}" for r in b.rows] + [""]
     return "\n".join(out).rstrip() + "\n"
@@ -108,7 +111,8 @@ border-bottom:1px solid #eee}h3{font-size:1.1em}
 table{border-collapse:collapse;margin:.5em 0 1em;font-size:.92em}th,td{border:1px solid #ccc;padding:3px 8px;
 text-align:left;vertical-align:top}th{background:#f3f3f3}
 pre{background:#f6f8fa;border:1px solid #e1e4e8;padding:.6em;overflow-x:auto;font-size:.85em;max-height:32em}
-img{max-width:100%;height:auto;border:1px solid #eee;margin:.3em 0}
+figure{margin:.8em 0 1.4em}img{max-width:100%;height:auto;border:1px solid #eee;display:block}
+figcaption{font-size:.9em;color:#555;margin-top:.3em}
 .verdict{font-size:1.25em;font-weight:bold;padding:.5em .8em;border-left:6px solid;background:#fafafa}
 """
 
@@ -135,7 +139,8 @@ def to_html(page: Page) -> str:
             out.append(f"<pre>{esc(b.text.rstrip())}</pre>")
         elif b.kind == "img" and b.path is not None and b.path.exists():
             data = base64.b64encode(b.path.read_bytes()).decode("ascii")
-            out.append(f'<figure><img alt="{esc(b.text)}" src="data:image/png;base64,{data}"></figure>')
+            caption = f"<figcaption>{_inline(b.caption)}</figcaption>" if b.caption else ""
+            out.append(f'<figure><img alt="{esc(b.text)}" src="data:image/png;base64,{data}">{caption}</figure>')
         elif b.kind == "ul":
             out.append("<ul>" + "".join(f"<li>{_inline(r[0])}</li>" for r in b.rows) + "</ul>")
     out.append("</body></html>")
