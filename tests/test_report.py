@@ -2,12 +2,15 @@
 
 A real two-cell matrix (PASSIVE vs TRUNCATE, minimal schema, 2.5 s per cell)
 runs once per module; figures are drawn from its histories and their artists
-compared with the history records. A second test kills a real controller
-with SIGKILL and checks that ``walstress report`` marks the result partial.
+compared with the history records; the pages are read for their order, their
+captions and their links. A second test kills a real controller with SIGKILL
+and checks that ``walstress report`` marks the result partial.
+(tests/test_report_browser.py opens the pages in a real browser.)
 """
 
 from __future__ import annotations
 
+import html
 import io
 import json
 import math
@@ -137,8 +140,8 @@ def test_report_files_written(matrix_run):
         order = [md.index(h) for h in ("**CLEAN", "## Figures", "![", "## Checks", "## Lost writes",
                                         "## Scenario", "## SQLite", "## Environment")]
         assert order == sorted(order)
-        order = [page.index(h) for h in ('class="verdict"', ">Figures<", "<figure>", ">Checks<",
-                                          ">Scenario<", ">SQLite<", ">Environment<")]
+        order = [page.index(h) for h in ('class="verdict"', 'id="figures"', "<figure>", 'id="checks"',
+                                          'id="scenario"', 'id="sqlite"', 'id="environment"')]
         assert order == sorted(order)
         assert "checkpoint.mode =" in md
         assert "ENABLE_FTS5" in md.replace("\n", " ") or "not known" in md
@@ -173,6 +176,72 @@ def test_every_figure_has_a_visible_caption(matrix_run):
         md = (folder / "report.md").read_text()
         images = re.findall(r"!\[[^\]]+\]\([^)]+\)\n\n\*([^*\n]+)\*\n", md)
         assert len(images) == md.count("![") == len(figures)
+
+
+def _github_anchors(md: str) -> set[str]:
+    """The anchors a code host gives the headings of a Markdown page (repeated ones numbered)."""
+    seen: set[str] = set()
+    for line in md.splitlines():
+        if line.startswith("#"):
+            base = re.sub(r"[^a-z0-9_\- ]", "", line.lstrip("#").strip().lower()).replace(" ", "-")
+            anchor, n = base, 0
+            while anchor in seen:
+                n += 1
+                anchor = f"{base}-{n}"
+            seen.add(anchor)
+    return seen
+
+
+def page_links(page: Path) -> list[str]:
+    """The targets of the links (not the images) of a report page."""
+    text = page.read_text()
+    if page.suffix == ".html":
+        return [html.unescape(h) for h in re.findall(r'<a href="([^"]*)"', text)]
+    return re.findall(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)", text)
+
+
+def page_anchors(page: Path) -> set[str]:
+    text = page.read_text()
+    return set(re.findall(r' id="([^"]+)"', text)) if page.suffix == ".html" else _github_anchors(text)
+
+
+def unresolved_links(page: Path) -> list[str]:
+    """Links of ``page`` whose file does not exist or whose anchor is not on the target page."""
+    bad = []
+    for href in page_links(page):
+        path, _, anchor = href.partition("#")
+        target = (page.parent / path).resolve() if path else page
+        if "://" in href or os.path.isabs(path) or not target.is_file() or (
+                anchor and anchor not in page_anchors(target)):
+            bad.append(href)
+    return bad
+
+
+def test_folder_and_run_pages_link_both_ways_and_survive_a_move(matrix_run, tmp_path):
+    out, _results, _ = matrix_run
+    moved = tmp_path / "moved"
+    shutil.copytree(out, moved, ignore=shutil.ignore_patterns("db"))
+    for ext in ("md", "html"):
+        top = moved / f"report.{ext}"
+        links = page_links(top)
+        assert not unresolved_links(top), unresolved_links(top)
+        for run_dir in _run_dirs(out):
+            rel = run_dir.relative_to(out).as_posix()
+            assert f"{rel}/report.{ext}" in links  # the folder page opens each run page
+            run_page = moved / rel / f"report.{ext}"
+            back = page_links(run_page)
+            assert f"../../report.{ext}" in back  # ... and each run page the folder page
+            cell = run_dir.parent.name
+            assert any(h.startswith(f"../../report.{ext}#{cell}-mode") for h in back), back
+            assert not unresolved_links(run_page), unresolved_links(run_page)
+        # the cells table links each cell to its section on the page
+        assert "#cell-000-modepassive" in links and "#cell-001-modetruncate" in links
+    # a run page rebuilt alone (`walstress report RUN_DIR`) keeps its links to the folder page
+    run_dir = moved / "cell-001" / "run-000"
+    build_report(run_dir, {"cells": [], "run": None})
+    for ext in ("md", "html"):
+        assert f"../../report.{ext}#cell-001-modetruncate" in page_links(run_dir / f"report.{ext}")
+        assert not unresolved_links(run_dir / f"report.{ext}")
 
 
 def test_sizes_figure_plots_the_samples_and_every_checkpoint(matrix_run):

@@ -86,14 +86,17 @@ def _latency_rows(result: dict[str, Any]) -> list[list[Any]]:
 
 
 def run_sections(page: P.Page, result: dict[str, Any], run: D.RunData, figs: dict[str, Path], *,
-                 level: int, with_context: bool) -> None:
+                 level: int, with_context: bool, back: P.Text | None = None) -> None:
     """The body of a run's report (also used, one level down, in an output folder's page): the verdict,
-    its numbers, the figures, the checks, then (``with_context``) the scenario and SQLite."""
+    its numbers, the figures, the checks, then (``with_context``) the scenario and SQLite.
+    ``back``: the line under the verdict that links to the output folder's page."""
     text, colour = P.verdict_text(result)
     page.verdict(text, colour)
     cause = cause_text(result)
     if cause:
         page.p(cause)
+    if back is not None:
+        page.p(back)
     partial = bool(result.get("partial")) or run.partial
     if partial:
         page.verdict(P.partial_note(result, run.last_record_t, run.span_s), "#b35c00")
@@ -235,15 +238,40 @@ def environment_section(page: P.Page, env: dict[str, Any] | None, run_dir: Path,
     page.table(["what", "value"], P.environment_rows(env, read_now=read_now))
 
 
+def cell_heading(cell_id: str, label: str | None) -> str:
+    """A cell's heading on the output folder's page (run pages link to it)."""
+    return f"{cell_id}: {label or ''}"
+
+
+def _back_link(run_dir: Path, folder: Path | None, label: str | None) -> P.Text | None:
+    """The run page's link to its output folder's page: given while that page is built, else found when
+    the run dir sits in an output folder whose page exists."""
+    if folder is None and run_dir.parent.name.startswith("cell-") and (run_dir.parent.parent / "report.html").exists():
+        folder = run_dir.parent.parent
+    if folder is None:
+        return None
+    cell = run_dir.parent.name
+    if label is None:  # a run rebuilt alone: its cell's label is in the output folder's results
+        cells = (_load_json(folder / "results.json") or {}).get("cells") or []
+        label = next((c.get("label") for c in cells if c.get("cell_id") == cell), None)
+    name = _scenario_of(run_dir).get("name") or folder.name
+    text: list[P.Inline] = ["Part of ", P.Link(f"{name}, every cell", folder)]
+    if label is not None:
+        text += [": ", P.Link(f"{cell}, all its runs", folder, heading=cell_heading(cell, label))]
+    return text + ["."]
+
+
 def build_run_report(run_dir: Path, result: dict[str, Any] | None = None, *, colour: str = F.CELL_COLOURS[0],
                      label: str | None = None, env: dict[str, Any] | None = None,
-                     loaded: tuple[D.RunData, dict[str, Path]] | None = None) -> list[Path]:
-    """Figures and report.md/html of one run dir; returns the written paths."""
+                     loaded: tuple[D.RunData, dict[str, Path]] | None = None,
+                     folder: Path | None = None) -> list[Path]:
+    """Figures and report.md/html of one run dir; returns the written paths. ``folder``: the output
+    folder whose page is being built around this run (its page is linked from the run's)."""
     run_dir = Path(run_dir)
     result = _run_result(run_dir, result)
     run, figs = loaded or run_figures(run_dir, colour, label)
     page = P.Page(f"walstress run {_run_title(run_dir, label)}")
-    run_sections(page, result, run, figs, level=1, with_context=True)
+    run_sections(page, result, run, figs, level=1, with_context=True, back=_back_link(run_dir, folder, label))
     environment_section(page, env, run_dir, level=1)
     page.p(f"Report built {time.strftime('%Y-%m-%d %H:%M:%S')} from the run's history "
            f"(`walstress report {run_dir}` rebuilds it).")
@@ -269,7 +297,7 @@ def build_folder_report(out_dir: Path, results: dict[str, Any]) -> list[Path]:
             runs_by_cell.setdefault(cell["cell_id"], []).append(loaded[0])
             figs_by_run[str(run_dir)] = loaded[1]
             written += build_run_report(run_dir, result, colour=colours[cell["cell_id"]], label=cell.get("label"),
-                                        env=env, loaded=loaded)
+                                        env=env, loaded=loaded, folder=out_dir)
     rows = [D.cell_comparison(cell, runs_by_cell.get(cell["cell_id"], [])) for cell in cells]
     matrix_figs: dict[str, Path] = {}
     figures_dir = out_dir / "figures"
@@ -306,7 +334,8 @@ def build_folder_report(out_dir: Path, results: dict[str, Any]) -> list[Path]:
         page.verdict(("PASS: " if ok else "FAIL: ") + outcome, "#1e7b34" if ok else "#b00020")
     page.table(["cell", "parameters", "expect", "verdicts", "WAL peak", "write p99 (ms)", "write max (ms)",
                 "checkpoint time (s)", "stall time (s)", "corrupt", "lost", "matches"],
-               [[r["cell_id"], r["label"], cell.get("expect"), _verdicts(cell), human_bytes(r["wal_peak_bytes"]),
+               [[P.Link(r["cell_id"], heading=cell_heading(cell["cell_id"], cell.get("label"))), r["label"],
+                 cell.get("expect"), _verdicts(cell), human_bytes(r["wal_peak_bytes"]),
                  r["write_p99_ms"], r["write_max_ms"], r["checkpoint_s"], r["stall_s"],
                  f"{r['corrupt']}/{r['runs']}", f"{r['lost']}/{r['runs']}",
                  ("yes" if cell.get("matches_expect") else "NO") + (" (partial)" if r["partial"] else "")]
@@ -325,14 +354,14 @@ def build_folder_report(out_dir: Path, results: dict[str, Any]) -> list[Path]:
             page.image(path, alt, caption)
     shown = _runs_to_show(cells)
     for cell in cells:
-        page.h(1, f"{cell['cell_id']}: {cell.get('label', '')}")
+        page.h(1, cell_heading(cell["cell_id"], cell.get("label")))
         page.p(f"Expect {cell.get('expect')}: {_verdicts(cell)}; matches: {'yes' if cell.get('matches_expect') else 'NO'}."
                + _causes_text(cell))
         for index, result in enumerate(cell.get("results", [])):
             run_dir = runs_by_cell[cell["cell_id"]][index].run_dir
             rel = run_dir.relative_to(out_dir) if run_dir.is_relative_to(out_dir) else run_dir
             page.h(2, f"{run_dir.name}: {str(result.get('verdict', '?')).upper()}")
-            page.p(f"Full report: `{rel}/report.md` (or `report.html`).")
+            page.p(["Full report: ", P.Link(rel.as_posix(), run_dir), "."])
             if (cell["cell_id"], index) in shown:
                 run_sections(page, result, runs_by_cell[cell["cell_id"]][index], figs_by_run[str(run_dir)],
                              level=3, with_context=False)
