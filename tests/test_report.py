@@ -2,16 +2,20 @@
 
 A real two-cell matrix (PASSIVE vs TRUNCATE, minimal schema, 2.5 s per cell)
 runs once per module; figures are drawn from its histories and their artists
-compared with the history records. A second test kills a real controller
-with SIGKILL and checks that ``walstress report`` marks the result partial.
+compared with the history records; the pages are read for their order, their
+captions and their links. A second test kills a real controller with SIGKILL
+and checks that ``walstress report`` marks the result partial.
+(tests/test_report_browser.py opens the pages in a real browser.)
 """
 
 from __future__ import annotations
 
+import html
 import io
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -130,11 +134,14 @@ def test_report_files_written(matrix_run):
             assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         md = (run_dir / "report.md").read_text()
         page = (run_dir / "report.html").read_text()
-        # verdict first, then the scenario, SQLite and environment
+        # verdict first, then the figures, the checks, and last the details: scenario, SQLite, environment
         body = md.split("\n", 2)[2]
         assert body.lstrip().startswith("**CLEAN")
-        order = [md.index(h) for h in ("**CLEAN", "## Scenario", "## SQLite", "## Figures", "## Checks",
-                                        "## Lost writes", "## Environment")]
+        order = [md.index(h) for h in ("**CLEAN", "## Figures", "![", "## Checks", "## Lost writes",
+                                        "## Scenario", "## SQLite", "## Environment")]
+        assert order == sorted(order)
+        order = [page.index(h) for h in ('class="verdict"', 'id="figures"', "<figure>", 'id="checks"',
+                                          'id="scenario"', 'id="sqlite"', 'id="environment"')]
         assert order == sorted(order)
         assert "checkpoint.mode =" in md
         assert "ENABLE_FTS5" in md.replace("\n", " ") or "not known" in md
@@ -147,7 +154,94 @@ def test_report_files_written(matrix_run):
     top = (out / "report.md").read_text()
     assert top.split("\n", 2)[2].lstrip().startswith("**PASS")
     assert "cell-000" in top and "cell-001" in top and "mode=PASSIVE" in top and "mode=TRUNCATE" in top
+    # the folder page: verdict, the cells, the figures (matrix, then the runs'), then the details
+    order = [top.index(h) for h in ("**PASS", "| cell |", "## Comparison", "](figures/comparison.png)",
+                                     "## cell-000", "](cell-000/run-000/figures/sizes.png)", "## cell-001",
+                                     "## Scenario", "## SQLite", "## Environment")]
+    assert order == sorted(order)
     assert (out / "report.html").read_text().count("data:image/png;base64,") >= 4 + 2 * 4
+
+
+def test_every_figure_has_a_visible_caption(matrix_run):
+    out, _results, _ = matrix_run
+    for folder in [out] + _run_dirs(out):
+        page = (folder / "report.html").read_text()
+        figures = re.findall(r"<figure>(.*?)</figure>", page, re.S)
+        assert figures and len(figures) == page.count("<img ")
+        for figure in figures:
+            alt = re.search(r'<img alt="([^"]+)"', figure)
+            caption = re.search(r"<figcaption>([^<]+)</figcaption>$", figure)
+            assert alt and caption, figure[:80]
+            assert len(caption.group(1)) > len(alt.group(1)) > 5  # a sentence, not the alt text again
+        md = (folder / "report.md").read_text()
+        images = re.findall(r"!\[[^\]]+\]\([^)]+\)\n\n\*([^*\n]+)\*\n", md)
+        assert len(images) == md.count("![") == len(figures)
+
+
+def _github_anchors(md: str) -> set[str]:
+    """The anchors a code host gives the headings of a Markdown page (repeated ones numbered)."""
+    seen: set[str] = set()
+    for line in md.splitlines():
+        if line.startswith("#"):
+            base = re.sub(r"[^a-z0-9_\- ]", "", line.lstrip("#").strip().lower()).replace(" ", "-")
+            anchor, n = base, 0
+            while anchor in seen:
+                n += 1
+                anchor = f"{base}-{n}"
+            seen.add(anchor)
+    return seen
+
+
+def page_links(page: Path) -> list[str]:
+    """The targets of the links (not the images) of a report page."""
+    text = page.read_text()
+    if page.suffix == ".html":
+        return [html.unescape(h) for h in re.findall(r'<a href="([^"]*)"', text)]
+    return re.findall(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)", text)
+
+
+def page_anchors(page: Path) -> set[str]:
+    text = page.read_text()
+    return set(re.findall(r' id="([^"]+)"', text)) if page.suffix == ".html" else _github_anchors(text)
+
+
+def unresolved_links(page: Path) -> list[str]:
+    """Links of ``page`` whose file does not exist or whose anchor is not on the target page."""
+    bad = []
+    for href in page_links(page):
+        path, _, anchor = href.partition("#")
+        target = (page.parent / path).resolve() if path else page
+        if "://" in href or os.path.isabs(path) or not target.is_file() or (
+                anchor and anchor not in page_anchors(target)):
+            bad.append(href)
+    return bad
+
+
+def test_folder_and_run_pages_link_both_ways_and_survive_a_move(matrix_run, tmp_path):
+    out, _results, _ = matrix_run
+    moved = tmp_path / "moved"
+    shutil.copytree(out, moved, ignore=shutil.ignore_patterns("db"))
+    for ext in ("md", "html"):
+        top = moved / f"report.{ext}"
+        links = page_links(top)
+        assert not unresolved_links(top), unresolved_links(top)
+        for run_dir in _run_dirs(out):
+            rel = run_dir.relative_to(out).as_posix()
+            assert f"{rel}/report.{ext}" in links  # the folder page opens each run page
+            run_page = moved / rel / f"report.{ext}"
+            back = page_links(run_page)
+            assert f"../../report.{ext}" in back  # ... and each run page the folder page
+            cell = run_dir.parent.name
+            assert any(h.startswith(f"../../report.{ext}#{cell}-mode") for h in back), back
+            assert not unresolved_links(run_page), unresolved_links(run_page)
+        # the cells table links each cell to its section on the page
+        assert "#cell-000-modepassive" in links and "#cell-001-modetruncate" in links
+    # a run page rebuilt alone (`walstress report RUN_DIR`) keeps its links to the folder page
+    run_dir = moved / "cell-001" / "run-000"
+    build_report(run_dir, {"cells": [], "run": None})
+    for ext in ("md", "html"):
+        assert f"../../report.{ext}#cell-001-modetruncate" in page_links(run_dir / f"report.{ext}")
+        assert not unresolved_links(run_dir / f"report.{ext}")
 
 
 def test_sizes_figure_plots_the_samples_and_every_checkpoint(matrix_run):
@@ -275,6 +369,50 @@ def test_matrix_figures_compare_the_cells(matrix_run):
     (bars,) = [a for a in comparison.axes if any(p.get_gid() == "bar:wal_peak_bytes" for p in a.patches)]
     heights = [p.get_height() for p in bars.patches if p.get_gid() == "bar:wal_peak_bytes"]
     assert heights == pytest.approx([r["wal_peak_bytes"] / MIB for r in rows])
+
+
+def _legend_texts(fig) -> list[str]:
+    return [t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()]
+
+
+def test_legends_list_only_what_is_drawn(matrix_run, tmp_path):
+    out, results, _ = matrix_run
+    runs_by_cell = {c["cell_id"]: [D.load_run(Path(r["run_dir"])) for r in c["results"]] for c in results["cells"]}
+    colours = {"cell-000": F.cell_colour(0), "cell-001": F.cell_colour(1)}
+    figures = [draw(runs[0]) for runs in runs_by_cell.values() for draw in F.RUN_FIGURES.values()]
+    figures += [F.draw_wal_growth(D.wal_growth_curves(results["cells"], runs_by_cell), colours),
+                F.draw_write_latency_by_cell(results["cells"], runs_by_cell, colours)]
+    for fig in figures:
+        for ax in fig.axes:
+            legend = ax.get_legend()
+            if legend is None:
+                continue
+            texts = [t.get_text() for t in legend.get_texts()]
+            assert texts, "an empty legend box"
+            for artist in list(ax.lines) + list(ax.collections):  # a labelled series in the legend shows a point
+                if artist.get_label() in texts:
+                    assert F._drawn(artist), (artist.get_gid(), artist.get_label())
+    by_cell = F.draw_write_latency_by_cell(results["cells"], runs_by_cell, colours)
+    slow = any((runs[0].ops["write"].ms >= F.SLOW_MS).any() for runs in runs_by_cell.values())
+    assert any(t.startswith("writes >") for t in _legend_texts(by_cell)) == slow
+
+    # a run of three writes: points, but too few per bucket for a percentile line; no stall, no fault
+    history = HistoryWriter(tmp_path / "few" / "history" / "writer-0.jsonl")
+    history.record({"type": "go", "t": 100.0})
+    for t in (100.0, 100.1, 100.2):
+        history.record({"type": "op", "worker": "writer-0", "kind": "write", "t": t, "ms": 2.0, "ok": True,
+                        "err": None})
+    history.record({"type": "sample", "t": 100.3, "wal_bytes": 4096, "db_bytes": 8192})
+    history.close()
+    few = D.load_run(tmp_path / "few")
+    assert _legend_texts(F.draw_latency(few)) == ["each operation"]
+    assert _legend_texts(F.draw_sizes(few)) == ["WAL size"]
+    # nothing recorded at all: no legend anywhere
+    HistoryWriter(tmp_path / "none" / "history" / "writer-0.jsonl").close()
+    empty = D.load_run(tmp_path / "none")
+    for draw in F.RUN_FIGURES.values():
+        assert _legend_texts(draw(empty)) == [], draw.__name__
+        assert all(ax.get_legend() is None for ax in draw(empty).axes)
 
 
 def test_console_progress_and_summary(tmp_path, matrix_run):

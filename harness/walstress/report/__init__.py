@@ -2,24 +2,30 @@
 
 Layout written into an output folder (``walstress run ... --out OUT``):
 
-    OUT/report.md, OUT/report.html       verdict first, the cells side by side,
-                                         scenario, SQLite, environment, and per
-                                         cell its runs (figures inline for the
-                                         failing runs and each cell's first run)
+    OUT/report.md, OUT/report.html       verdict first, the cells side by side
+                                         (each linked to its section), the matrix
+                                         figures, per cell its runs (linked to
+                                         their pages; figures inline for the
+                                         failing runs and each cell's first run),
+                                         then scenario, SQLite, environment
     OUT/figures/*.png                    matrix figures, when there are two or
                                          more cells: comparison (small multiples),
                                          wal_growth (every cell on one axis),
                                          wal_by_cell, write_latency_by_cell
     OUT/comparison.json                  the numbers of the comparison table
-    OUT/cell-NNN/run-NNN/report.md|html  one run: verdict, scenario, SQLite
-                                         versions and compile options,
-                                         environment, figures, checks, lost ids
+    OUT/cell-NNN/run-NNN/report.md|html  one run: verdict (and a link back to
+                                         OUT's page), figures, checks, lost ids,
+                                         then scenario, SQLite versions and
+                                         compile options, environment
     OUT/cell-NNN/run-NNN/figures/*.png   sizes (WAL + db, checkpoints, faults),
                                          latency, throughput, latency_cdf
 
 ``walstress report RUN_DIR`` on a single run dir writes only that run's
-report. report.html embeds its images (base64) and loads nothing from the
-network; report.md links the PNGs relatively so it renders on a code host.
+report. report.html embeds its images (base64), each with its caption
+under it, and loads nothing from the network; report.md links the PNGs
+relatively so it renders on a code host. Links between pages are relative
+(report.md to report.md, report.html to report.html), so a moved or copied
+output folder keeps them.
 A run whose controller died is reported from what its history holds and is
 marked PARTIAL. Figures are drawn only here, never by workers or the
 controller; the numbers behind them live in :mod:`walstress.report.data`.

@@ -18,6 +18,32 @@ from walstress.report import pages as P
 OVERVIEW_RUNS_WITH_FIGURES = 8   # runs whose figures the output folder's page shows inline
 INTEGRITY_LINES_SHOWN = 200
 
+# file name: (alt text, caption shown under the figure)
+RUN_FIGURE_TEXT = {
+    "sizes.png": ("WAL and database size over time",
+                  "WAL size (top) and database file size (bottom) over time. Markers: checkpoints, shape by mode, "
+                  "colour by outcome (green complete, orange partial, red busy); grey: fault windows."),
+    "latency.png": ("latency of every operation over time",
+                    "Latency of every operation, one panel per kind (points), with p50 / p95 / p99 per time bucket "
+                    f"(lines, for buckets of at least {F.PERCENTILE_MIN_COUNT} operations); red: write stalls."),
+    "throughput.png": ("operations per second per kind",
+                       "Operations started per second, one panel per kind, on a linear axis: a stall shows as zero."),
+    "latency_cdf.png": ("latency distribution per kind",
+                        "Latency distribution per kind: the fraction of operations at or below a latency; "
+                        "dotted lines at 0.5, 0.95 and 0.99."),
+}
+MATRIX_FIGURE_TEXT = {
+    "comparison.png": ("cells side by side",
+                       "The cells side by side, one panel per measure, one bar per cell (its worst run)."),
+    "wal_growth.png": ("WAL growth of every cell",
+                       "WAL size of every run on one axis, in its cell's colour (thin lines: repeats)."),
+    "wal_by_cell.png": ("WAL size per cell",
+                        "WAL size of each cell's first run on its own scale; markers: checkpoints by outcome."),
+    "write_latency_by_cell.png": ("write latency per cell",
+                                  "Write latency of each cell's first run on one shared axis: points are writes, "
+                                  "the line is p99 per time bucket, red shading: write stalls."),
+}
+
 
 def _load_json(path: Path) -> dict[str, Any] | None:
     try:
@@ -60,13 +86,17 @@ def _latency_rows(result: dict[str, Any]) -> list[list[Any]]:
 
 
 def run_sections(page: P.Page, result: dict[str, Any], run: D.RunData, figs: dict[str, Path], *,
-                 level: int, with_context: bool) -> None:
-    """The body of a run's report (also used, one level down, in an output folder's page)."""
+                 level: int, with_context: bool, back: P.Text | None = None) -> None:
+    """The body of a run's report (also used, one level down, in an output folder's page): the verdict,
+    its numbers, the figures, the checks, then (``with_context``) the scenario and SQLite.
+    ``back``: the line under the verdict that links to the output folder's page."""
     text, colour = P.verdict_text(result)
     page.verdict(text, colour)
     cause = cause_text(result)
     if cause:
         page.p(cause)
+    if back is not None:
+        page.p(back)
     partial = bool(result.get("partial")) or run.partial
     if partial:
         page.verdict(P.partial_note(result, run.last_record_t, run.span_s), "#b35c00")
@@ -88,19 +118,10 @@ def run_sections(page: P.Page, result: dict[str, Any], run: D.RunData, figs: dic
         ["errors by class", ", ".join(f"{k} {v}" for k, v in sorted(result.get("errors", {}).items()) if v) or "none"],
     ])
     h = level
-    if with_context:
-        meta = _load_json(run.run_dir / "scenario.json") or {}
-        page.h(h, "Scenario")
-        page.p(f"Seed {meta.get('seed', result.get('seed', '-'))}, run dir `{run.run_dir}`.")
-        page.code(P.scenario_lines(meta.get("scenario", {})))
-        sqlite_section(page, result, run, level=h)
     page.h(h, "Figures")
-    captions = {"sizes.png": "WAL and database size; checkpoints marked by mode and outcome; faults shaded",
-                "latency.png": "latency of every operation, with p50 / p95 / p99 per time bucket",
-                "throughput.png": "operations per second per kind",
-                "latency_cdf.png": "latency distribution per kind"}
     for name, path in figs.items():
-        page.image(path, captions.get(name, name))
+        alt, caption = RUN_FIGURE_TEXT.get(name, (name, ""))
+        page.image(path, alt, caption)
     rows = _latency_rows(result)
     if rows:
         page.h(h, "Latency (ms)")
@@ -125,6 +146,12 @@ def run_sections(page: P.Page, result: dict[str, Any], run: D.RunData, figs: dic
     if examples:
         page.h(h, "Error examples")
         page.table(["class", "first message"], [[k, v] for k, v in sorted(examples.items())])
+    if with_context:  # the details last: scenario, SQLite and its compile options
+        meta = _load_json(run.run_dir / "scenario.json") or {}
+        page.h(h, "Scenario")
+        page.p(f"Seed {meta.get('seed', result.get('seed', '-'))}, run dir `{run.run_dir}`.")
+        page.code(P.scenario_lines(meta.get("scenario", {})))
+        sqlite_section(page, result, run, level=h)
 
 
 def sqlite_section(page: P.Page, result: dict[str, Any], run: D.RunData, *, level: int) -> None:
@@ -211,15 +238,40 @@ def environment_section(page: P.Page, env: dict[str, Any] | None, run_dir: Path,
     page.table(["what", "value"], P.environment_rows(env, read_now=read_now))
 
 
+def cell_heading(cell_id: str, label: str | None) -> str:
+    """A cell's heading on the output folder's page (run pages link to it)."""
+    return f"{cell_id}: {label or ''}"
+
+
+def _back_link(run_dir: Path, folder: Path | None, label: str | None) -> P.Text | None:
+    """The run page's link to its output folder's page: given while that page is built, else found when
+    the run dir sits in an output folder whose page exists."""
+    if folder is None and run_dir.parent.name.startswith("cell-") and (run_dir.parent.parent / "report.html").exists():
+        folder = run_dir.parent.parent
+    if folder is None:
+        return None
+    cell = run_dir.parent.name
+    if label is None:  # a run rebuilt alone: its cell's label is in the output folder's results
+        cells = (_load_json(folder / "results.json") or {}).get("cells") or []
+        label = next((c.get("label") for c in cells if c.get("cell_id") == cell), None)
+    name = _scenario_of(run_dir).get("name") or folder.name
+    text: list[P.Inline] = ["Part of ", P.Link(f"{name}, every cell", folder)]
+    if label is not None:
+        text += [": ", P.Link(f"{cell}, all its runs", folder, heading=cell_heading(cell, label))]
+    return text + ["."]
+
+
 def build_run_report(run_dir: Path, result: dict[str, Any] | None = None, *, colour: str = F.CELL_COLOURS[0],
                      label: str | None = None, env: dict[str, Any] | None = None,
-                     loaded: tuple[D.RunData, dict[str, Path]] | None = None) -> list[Path]:
-    """Figures and report.md/html of one run dir; returns the written paths."""
+                     loaded: tuple[D.RunData, dict[str, Path]] | None = None,
+                     folder: Path | None = None) -> list[Path]:
+    """Figures and report.md/html of one run dir; returns the written paths. ``folder``: the output
+    folder whose page is being built around this run (its page is linked from the run's)."""
     run_dir = Path(run_dir)
     result = _run_result(run_dir, result)
     run, figs = loaded or run_figures(run_dir, colour, label)
     page = P.Page(f"walstress run {_run_title(run_dir, label)}")
-    run_sections(page, result, run, figs, level=1, with_context=True)
+    run_sections(page, result, run, figs, level=1, with_context=True, back=_back_link(run_dir, folder, label))
     environment_section(page, env, run_dir, level=1)
     page.p(f"Report built {time.strftime('%Y-%m-%d %H:%M:%S')} from the run's history "
            f"(`walstress report {run_dir}` rebuilds it).")
@@ -245,7 +297,7 @@ def build_folder_report(out_dir: Path, results: dict[str, Any]) -> list[Path]:
             runs_by_cell.setdefault(cell["cell_id"], []).append(loaded[0])
             figs_by_run[str(run_dir)] = loaded[1]
             written += build_run_report(run_dir, result, colour=colours[cell["cell_id"]], label=cell.get("label"),
-                                        env=env, loaded=loaded)
+                                        env=env, loaded=loaded, folder=out_dir)
     rows = [D.cell_comparison(cell, runs_by_cell.get(cell["cell_id"], [])) for cell in cells]
     matrix_figs: dict[str, Path] = {}
     figures_dir = out_dir / "figures"
@@ -282,7 +334,8 @@ def build_folder_report(out_dir: Path, results: dict[str, Any]) -> list[Path]:
         page.verdict(("PASS: " if ok else "FAIL: ") + outcome, "#1e7b34" if ok else "#b00020")
     page.table(["cell", "parameters", "expect", "verdicts", "WAL peak", "write p99 (ms)", "write max (ms)",
                 "checkpoint time (s)", "stall time (s)", "corrupt", "lost", "matches"],
-               [[r["cell_id"], r["label"], cell.get("expect"), _verdicts(cell), human_bytes(r["wal_peak_bytes"]),
+               [[P.Link(r["cell_id"], heading=cell_heading(cell["cell_id"], cell.get("label"))), r["label"],
+                 cell.get("expect"), _verdicts(cell), human_bytes(r["wal_peak_bytes"]),
                  r["write_p99_ms"], r["write_max_ms"], r["checkpoint_s"], r["stall_s"],
                  f"{r['corrupt']}/{r['runs']}", f"{r['lost']}/{r['runs']}",
                  ("yes" if cell.get("matches_expect") else "NO") + (" (partial)" if r["partial"] else "")]
@@ -294,6 +347,30 @@ def build_folder_report(out_dir: Path, results: dict[str, Any]) -> list[Path]:
 
         page.h(1, "What changes the verdict")
         page.bullets(explain(results))
+    if matrix_figs:
+        page.h(1, "Comparison")
+        for name, path in matrix_figs.items():
+            alt, caption = MATRIX_FIGURE_TEXT[name]
+            page.image(path, alt, caption)
+    shown = _runs_to_show(cells)
+    for cell in cells:
+        page.h(1, cell_heading(cell["cell_id"], cell.get("label")))
+        page.p(f"Expect {cell.get('expect')}: {_verdicts(cell)}; matches: {'yes' if cell.get('matches_expect') else 'NO'}."
+               + _causes_text(cell))
+        for index, result in enumerate(cell.get("results", [])):
+            run_dir = runs_by_cell[cell["cell_id"]][index].run_dir
+            rel = run_dir.relative_to(out_dir) if run_dir.is_relative_to(out_dir) else run_dir
+            page.h(2, f"{run_dir.name}: {str(result.get('verdict', '?')).upper()}")
+            page.p(["Full report: ", P.Link(rel.as_posix(), run_dir), "."])
+            if (cell["cell_id"], index) in shown:
+                run_sections(page, result, runs_by_cell[cell["cell_id"]][index], figs_by_run[str(run_dir)],
+                             level=3, with_context=False)
+            else:
+                text, colour = P.verdict_text(result)
+                page.verdict(text, colour)
+                cause = cause_text(result)
+                if cause:
+                    page.p(cause)
     page.h(1, "Scenario")
     page.p(f"{scenario.get('description') or ''} (file `{scenario.get('source') or '-'}`, seed "
            f"{scenario.get('seed', '-')}, {results.get('repeat', '-')} run(s) per cell).".strip())
@@ -306,32 +383,6 @@ def build_folder_report(out_dir: Path, results: dict[str, Any]) -> list[Path]:
         page.code(P.scenario_lines(_scenario_of(first[1].run_dir)))
         sqlite_section(page, first[0], first[1], level=1)
     environment_section(page, env, out_dir, level=1)
-    if matrix_figs:
-        page.h(1, "Comparison")
-        captions = {"comparison.png": "cells side by side", "wal_growth.png": "WAL growth of every cell, one axis",
-                    "wal_by_cell.png": "WAL size per cell, own scale, checkpoints marked",
-                    "write_latency_by_cell.png": "write latency per cell, shared axis"}
-        for name, path in matrix_figs.items():
-            page.image(path, captions[name])
-    shown = _runs_to_show(cells)
-    for cell in cells:
-        page.h(1, f"{cell['cell_id']}: {cell.get('label', '')}")
-        page.p(f"Expect {cell.get('expect')}: {_verdicts(cell)}; matches: {'yes' if cell.get('matches_expect') else 'NO'}."
-               + _causes_text(cell))
-        for index, result in enumerate(cell.get("results", [])):
-            run_dir = runs_by_cell[cell["cell_id"]][index].run_dir
-            rel = run_dir.relative_to(out_dir) if run_dir.is_relative_to(out_dir) else run_dir
-            page.h(2, f"{run_dir.name}: {str(result.get('verdict', '?')).upper()}")
-            page.p(f"Full report: `{rel}/report.md` (or `report.html`).")
-            if (cell["cell_id"], index) in shown:
-                run_sections(page, result, runs_by_cell[cell["cell_id"]][index], figs_by_run[str(run_dir)],
-                             level=3, with_context=False)
-            else:
-                text, colour = P.verdict_text(result)
-                page.verdict(text, colour)
-                cause = cause_text(result)
-                if cause:
-                    page.p(cause)
     page.p(f"Report built {time.strftime('%Y-%m-%d %H:%M:%S')} from the runs' histories "
            f"(`walstress report {out_dir}` rebuilds it).")
     return written + P.write_page(page, out_dir)

@@ -4,7 +4,9 @@ Every figure plots only what :mod:`walstress.report.data` computed, and tags
 its artists with a ``gid`` (``wal``, ``db``, ``checkpoint:<mode>:<outcome>``,
 ``fault:<name>``, ``raw:<kind>``, ``p99:<kind>``, ``cdf:<kind>``,
 ``throughput:<kind>``, ``wal:<cell>``, ...) so a test can find a series and
-compare it with the history. No pyplot: figures are plain
+compare it with the history. A legend lists only what is drawn: no entry for
+an empty series (a percentile line of a run too short for one, slow writes in
+a run without any), and no legend box when nothing is left to list. No pyplot: figures are plain
 ``matplotlib.figure.Figure`` objects on an Agg canvas, so drawing never
 touches a display nor global state.
 """
@@ -17,6 +19,7 @@ from typing import Any
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.collections import Collection
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
@@ -118,6 +121,25 @@ def _fault_legend(names: list[str]) -> list[Any]:
     return handles
 
 
+def _drawn(artist: Any) -> bool:
+    """Whether a plotted artist shows anything: a line with a finite point, a scatter with a point."""
+    if isinstance(artist, Line2D):
+        x, y = (np.asarray(v, dtype=float) for v in artist.get_data())
+        return bool(np.any(np.isfinite(x) & np.isfinite(y))) if x.shape == y.shape else bool(x.size and y.size)
+    if isinstance(artist, Collection):
+        return bool(np.asarray(artist.get_offsets()).size)
+    return True
+
+
+def _legend(ax: Any, extra: list[Any] | None = None, *, auto: bool = True, **options: Any) -> None:
+    """A legend of the axes' labelled artists that show something (``auto``), then ``extra`` proxy
+    handles (each for something drawn); none at all when that leaves nothing."""
+    handles = [h for h in ax.get_legend_handles_labels()[0] if _drawn(h)] if auto else []
+    handles += extra or []
+    if handles:
+        ax.legend(handles=handles, **options)
+
+
 def _with_gaps(t: np.ndarray, y: np.ndarray, width: float) -> tuple[np.ndarray, np.ndarray]:
     """Bucket series with a NaN between buckets that are not neighbours, so a line breaks at a gap."""
     if t.size < 2:
@@ -150,7 +172,7 @@ def draw_sizes(run: D.RunData, *, title: str = "", colour: str = CELL_COLOURS[0]
     top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[2.2, 1])
     top.plot(run.size_t, run.wal_bytes / MIB, color=colour, lw=1.2, gid="wal", label="WAL (-wal file)")
     bottom.plot(run.size_t, run.db_bytes / MIB, color="#444444", lw=1.2, gid="db", label="database file")
-    handles: list[Any] = [Line2D([], [], color=colour, lw=1.5, label="WAL size")]
+    handles: list[Any] = [Line2D([], [], color=colour, lw=1.5, label="WAL size")] if run.size_t.size else []
     markers = D.checkpoint_markers(run)
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for m in markers:
@@ -168,7 +190,7 @@ def draw_sizes(run: D.RunData, *, title: str = "", colour: str = CELL_COLOURS[0]
             handles.append(Patch(color=OUTCOME_COLOURS[outcome], label=f"{outcome} ({count})"))
     names = shade_faults(top, run) + shade_faults(bottom, run)
     handles += _fault_legend(names)
-    top.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), framealpha=0.85)
+    _legend(top, handles, auto=False, loc="upper left", bbox_to_anchor=(1.0, 1.0), framealpha=0.85)
     top.set_ylabel("WAL size (MiB)")
     bottom.set_ylabel("db size (MiB)")
     bottom.set_xlabel("seconds since start")
@@ -207,10 +229,8 @@ def draw_latency(run: D.RunData, *, title: str = "", colour: str | None = None) 
         ax.set_ylabel(f"{kind} (ms)")
         ax.set_title(f"{kind}: {ops.count} operations, bucket {width:g} s", loc="left", fontsize=9)
         _style_axes(ax)
-        handles, _ = ax.get_legend_handles_labels()
-        ax.legend(handles=handles + _stall_legend(stall_count) + _fault_legend(names), loc="upper left",
-                  bbox_to_anchor=(1.0, 1.0),
-                  framealpha=0.85, markerscale=2)
+        _legend(ax, _stall_legend(stall_count) + _fault_legend(names), loc="upper left", bbox_to_anchor=(1.0, 1.0),
+                framealpha=0.85, markerscale=2)
     bottom = panels[-1][0]
     bottom.set_xlabel("seconds since start")
     bottom.set_xlim(left=0)
@@ -260,8 +280,7 @@ def draw_cdf(run: D.RunData, *, title: str = "", colour: str | None = None) -> F
     ax.set_ylabel("fraction of operations")
     ax.set_ylim(0, 1.01)
     _style_axes(ax)
-    if run.kinds:
-        ax.legend(loc="lower right", framealpha=0.85)
+    _legend(ax, loc="lower right", framealpha=0.85)
     _title(fig, f"{title}  latency distribution (CDF)", colour)
     return fig
 
@@ -333,8 +352,9 @@ def draw_wal_growth(curves: list[dict[str, Any]], colours: dict[str, str]) -> Fi
     ax = fig.subplots()
     labelled: set[str] = set()
     for curve in curves:
-        first = curve["cell_id"] not in labelled
-        labelled.add(curve["cell_id"])
+        first = curve["cell_id"] not in labelled and len(curve["t"]) > 0  # a cell's first drawn curve
+        if first:
+            labelled.add(curve["cell_id"])
         ax.plot(curve["t"], curve["wal_bytes"] / MIB, color=colours[curve["cell_id"]],
                 lw=1.4 if curve["repeat"] == 0 else 0.8, alpha=1.0 if curve["repeat"] == 0 else 0.6,
                 gid=f"wal:{curve['cell_id']}:{curve['repeat']}",
@@ -344,8 +364,7 @@ def draw_wal_growth(curves: list[dict[str, Any]], colours: dict[str, str]) -> Fi
     ax.set_xlim(left=0)
     ax.set_ylim(bottom=0)
     _style_axes(ax)
-    if curves:
-        ax.legend(loc="upper left", framealpha=0.85)
+    _legend(ax, loc="upper left", framealpha=0.85)
     _title(fig, "WAL growth of every cell", None)
     return fig
 
@@ -412,7 +431,7 @@ def draw_write_latency_by_cell(cells: list[dict[str, Any]], runs_by_cell: dict[s
                     label=f"writes > {SLOW_MS:g} ms")
             shade_stalls(ax, runs[0])
             shade_faults(ax, runs[0])
-            ax.legend(loc="upper left", fontsize=7, framealpha=0.85)
+            _legend(ax, loc="upper left", fontsize=7, framealpha=0.85)
         ax.set_title(f"{cell['cell_id']}: {cell.get('label', '')}", loc="left", fontsize=9,
                      color=colours[cell["cell_id"]])
         ax.set_ylabel("write (ms)")

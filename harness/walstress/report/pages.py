@@ -1,9 +1,13 @@
 """report.md and report.html from one document model.
 
-A page is a list of blocks (heading, paragraph, table, code, image, list);
+A page is a list of blocks (heading, paragraph, table, code, figure, list);
 :func:`to_markdown` renders it for a code host (images as relative links),
 :func:`to_html` as one self-contained file (images inline as base64, no
-script, no network).
+script, no network). A figure carries a caption shown under it. Paragraphs,
+table cells and list items may hold :class:`Link` parts: a link to another
+report page (``report.md`` from report.md, ``report.html`` from report.html,
+always relative, so a moved output folder keeps its links) or to a heading of
+the same page (the heading's anchor, made as a code host makes it).
 """
 
 from __future__ import annotations
@@ -12,8 +16,10 @@ import base64
 import html
 import json
 import os
+import re
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,40 +31,79 @@ COMPILE_OPTIONS_TIMEOUT_S = 30
 VERDICT_COLOURS = {"clean": "#1e7b34", "corrupt": "#b00020", "lost-writes": "#b00020", "errors": "#b35c00"}
 
 
+@dataclass(frozen=True)
+class Link:
+    """A link: to the report page in ``folder`` (when given), or to the heading ``heading`` of this page."""
+
+    label: str
+    folder: Path | None = None
+    heading: str | None = None
+
+
+Inline = str | Link
+Text = Inline | list[Inline]   # what a paragraph, a table cell or a list item holds
+
+
 @dataclass
 class Block:
     kind: str                      # h1 h2 h3 p table code img ul verdict
-    text: str = ""
-    rows: list[list[str]] = field(default_factory=list)
+    text: str = ""                 # headings, code, verdicts; an image's alt text
+    parts: list[Inline] = field(default_factory=list)       # a paragraph
+    rows: list[list[list[Inline]]] = field(default_factory=list)   # table rows, list items
     path: Path | None = None       # image file
+    caption: str = ""              # shown under an image
     colour: str | None = None
+    anchor: str = ""               # a heading's id
+
+
+def _parts(text: Text) -> list[Inline]:
+    return list(text) if isinstance(text, list) else [text]
 
 
 class Page:
     def __init__(self, title: str):
         self.title = title
         self.blocks: list[Block] = []
+        self._anchors: set[str] = {slug(title)}
 
-    def h(self, level: int, text: str) -> None:
-        self.blocks.append(Block(f"h{level}", text))
+    def h(self, level: int, text: str) -> str:
+        """A heading; returns its anchor (unique on the page, as a code host numbers repeated ones)."""
+        base = slug(text)
+        anchor, n = base, 0
+        while anchor in self._anchors:
+            n += 1
+            anchor = f"{base}-{n}"
+        self._anchors.add(anchor)
+        self.blocks.append(Block(f"h{level}", text, anchor=anchor))
+        return anchor
 
-    def p(self, text: str) -> None:
-        self.blocks.append(Block("p", text))
+    def p(self, text: Text) -> None:
+        self.blocks.append(Block("p", parts=_parts(text)))
 
     def verdict(self, text: str, colour: str | None) -> None:
         self.blocks.append(Block("verdict", text, colour=colour))
 
     def table(self, header: list[str], rows: list[list[Any]]) -> None:
-        self.blocks.append(Block("table", rows=[list(map(str, header))] + [[_cell(v) for v in r] for r in rows]))
+        head: list[list[Inline]] = [[str(h)] for h in header]
+        body: list[list[list[Inline]]] = [[_parts(v) if isinstance(v, (Link, list)) else [_cell(v)] for v in r] for r in rows]
+        self.blocks.append(Block("table", rows=[head, *body]))
 
     def code(self, text: str) -> None:
         self.blocks.append(Block("code", text))
 
-    def image(self, path: Path, alt: str) -> None:
-        self.blocks.append(Block("img", alt, path=path))
+    def image(self, path: Path, alt: str, caption: str) -> None:
+        self.blocks.append(Block("img", alt, path=path, caption=caption))
 
-    def bullets(self, items: list[str]) -> None:
-        self.blocks.append(Block("ul", rows=[[i] for i in items]))
+    def bullets(self, items: Sequence[Text]) -> None:
+        self.blocks.append(Block("ul", rows=[[_parts(i)] for i in items]))
+
+    def anchor_of(self, heading: str) -> str | None:
+        return next((b.anchor for b in self.blocks if b.kind in ("h1", "h2", "h3") and b.text == heading), None)
+
+
+def slug(text: str) -> str:
+    """A heading's anchor as code hosts make it: lower case, punctuation dropped, spaces as hyphens."""
+    return re.sub(r"[^\w\- ]", "", text.strip().lower()).replace(" ", "-")
 
 
 def _cell(value: Any) -> str:
@@ -69,25 +114,38 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
+def _href(link: Link, page: Page, base: Path, ext: str) -> str:
+    if link.folder is None:  # a heading of this page
+        return "#" + (page.anchor_of(link.heading or "") or slug(link.heading or ""))
+    target = os.path.relpath(link.folder / f"report.{ext}", base).replace(os.sep, "/")
+    return target + ("#" + slug(link.heading) if link.heading else "")
+
+
 # ---------------------------------------------------------------- rendering
 def _md_escape_cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
 def to_markdown(page: Page, base: Path) -> str:
+    def inline(parts: list[Inline]) -> str:
+        return "".join(f"[{p.label}]({_href(p, page, base, 'md')})" if isinstance(p, Link) else p for p in parts)
+
+    def cell(parts: list[Inline]) -> str:
+        return inline([p if isinstance(p, Link) else _md_escape_cell(p) for p in parts])
+
     out = [f"# {page.title}", ""]
     for b in page.blocks:
         if b.kind in ("h1", "h2", "h3"):
             out += ["#" * (int(b.kind[1]) + 1) + " " + b.text, ""]
         elif b.kind == "p":
-            out += [b.text, ""]
+            out += [inline(b.parts), ""]
         elif b.kind == "verdict":
             out += [f"**{b.text}**", ""]
         elif b.kind == "table":
             header, *rows = b.rows
-            out.append("| " + " | ".join(_md_escape_cell(c) for c in header) + " |")
+            out.append("| " + " | ".join(cell(c) for c in header) + " |")
             out.append("|" + "|".join("---" for _ in header) + "|")
-            out += ["| " + " | ".join(_md_escape_cell(c) for c in r) + " |" for r in rows]
+            out += ["| " + " | ".join(cell(c) for c in r) + " |" for r in rows]
             out.append("")
         elif b.kind == "code":
             fence = "````" if "```" in b.text else "```"
@@ -95,8 +153,10 @@ def to_markdown(page: Page, base: Path) -> str:
         elif b.kind == "img" and b.path is not None:
             rel = os.path.relpath(b.path, base).replace(os.sep, "/")
             out += [f"![{b.text}]({rel})", ""]
+            if b.caption:
+                out += [f"*{b.caption}*", ""]
         elif b.kind == "ul":
-            out += [f"- {r[0]}" for r in b.rows] + [""]
+            out += [f"- {inline(r[0])}" for r in b.rows] + [""]
     return "\n".join(out).rstrip() + "\n"
 
 
@@ -108,44 +168,50 @@ border-bottom:1px solid #eee}h3{font-size:1.1em}
 table{border-collapse:collapse;margin:.5em 0 1em;font-size:.92em}th,td{border:1px solid #ccc;padding:3px 8px;
 text-align:left;vertical-align:top}th{background:#f3f3f3}
 pre{background:#f6f8fa;border:1px solid #e1e4e8;padding:.6em;overflow-x:auto;font-size:.85em;max-height:32em}
-img{max-width:100%;height:auto;border:1px solid #eee;margin:.3em 0}
+figure{margin:.8em 0 1.4em}img{max-width:100%;height:auto;border:1px solid #eee;display:block}
+figcaption{font-size:.9em;color:#555;margin-top:.3em}
 .verdict{font-size:1.25em;font-weight:bold;padding:.5em .8em;border-left:6px solid;background:#fafafa}
 """
 
 
-def to_html(page: Page) -> str:
+def to_html(page: Page, base: Path) -> str:
     esc = html.escape
+
+    def inline(parts: list[Inline]) -> str:
+        return "".join(f'<a href="{esc(_href(p, page, base, "html"))}">{esc(p.label)}</a>' if isinstance(p, Link)
+                       else _inline(p) for p in parts)
+
     out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-           f"<title>{esc(page.title)}</title><style>{_CSS}</style></head><body>", f"<h1>{esc(page.title)}</h1>"]
+           f"<title>{esc(page.title)}</title><style>{_CSS}</style></head><body>",
+           f'<h1 id="{slug(page.title)}">{esc(page.title)}</h1>']
     for b in page.blocks:
         if b.kind in ("h1", "h2", "h3"):
             level = int(b.kind[1]) + 1
-            out.append(f"<h{level}>{esc(b.text)}</h{level}>")
+            out.append(f'<h{level} id="{esc(b.anchor)}">{esc(b.text)}</h{level}>')
         elif b.kind == "p":
-            out.append(f"<p>{_inline(b.text)}</p>")
+            out.append(f"<p>{inline(b.parts)}</p>")
         elif b.kind == "verdict":
             colour = b.colour or "#444"
             out.append(f'<div class="verdict" style="border-color:{colour};color:{colour}">{esc(b.text)}</div>')
         elif b.kind == "table":
             header, *rows = b.rows
-            out.append("<table><thead><tr>" + "".join(f"<th>{esc(c)}</th>" for c in header) + "</tr></thead><tbody>")
-            out += ["<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in r) + "</tr>" for r in rows]
+            out.append("<table><thead><tr>" + "".join(f"<th>{inline(c)}</th>" for c in header) + "</tr></thead><tbody>")
+            out += ["<tr>" + "".join(f"<td>{inline(c)}</td>" for c in r) + "</tr>" for r in rows]
             out.append("</tbody></table>")
         elif b.kind == "code":
             out.append(f"<pre>{esc(b.text.rstrip())}</pre>")
         elif b.kind == "img" and b.path is not None and b.path.exists():
             data = base64.b64encode(b.path.read_bytes()).decode("ascii")
-            out.append(f'<figure><img alt="{esc(b.text)}" src="data:image/png;base64,{data}"></figure>')
+            caption = f"<figcaption>{_inline(b.caption)}</figcaption>" if b.caption else ""
+            out.append(f'<figure><img alt="{esc(b.text)}" src="data:image/png;base64,{data}">{caption}</figure>')
         elif b.kind == "ul":
-            out.append("<ul>" + "".join(f"<li>{_inline(r[0])}</li>" for r in b.rows) + "</ul>")
+            out.append("<ul>" + "".join(f"<li>{inline(r[0])}</li>" for r in b.rows) + "</ul>")
     out.append("</body></html>")
     return "\n".join(out) + "\n"
 
 
 def _inline(text: str) -> str:
     """Escape, then render `code` and **bold** spans (the only inline markup the pages use)."""
-    import re
-
     escaped = html.escape(text)
     escaped = re.sub(r"`([^`]+)`", r"<code>\1</code>", escaped)
     return re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", escaped)
@@ -155,7 +221,7 @@ def write_page(page: Page, folder: Path) -> list[Path]:
     md = folder / "report.md"
     page_html = folder / "report.html"
     md.write_text(to_markdown(page, folder))
-    page_html.write_text(to_html(page))
+    page_html.write_text(to_html(page, folder))
     return [md, page_html]
 
 
