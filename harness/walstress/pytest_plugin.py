@@ -1,7 +1,9 @@
 """pytest plugin: walstress scenarios as regression tests.
 
 Loaded through the ``pytest11`` entry point (name ``walstress``; disable with
-``-p no:walstress``). It offers:
+``-p no:walstress``). Importing it loads nothing of walstress but its option
+handling: the runner, the judge, the SQLite drivers and the report load when
+a walstress fixture, marker or scenario file is used. It offers:
 
 ``walstress_run`` (fixture)
     ``walstress_run(source, *overrides, expect=None, duration=None,
@@ -40,21 +42,21 @@ from __future__ import annotations
 
 import os
 import re
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from walstress.api import Result
+if TYPE_CHECKING:
+    from walstress.api import Result
 
 MARKER = "walstress"
 PROPERTY_PREFIX = "walstress_"
 
 _REQUESTED = pytest.StashKey[set]()
 _CACHE_DIR = pytest.StashKey[Path]()
-_MARKER_RESULT = pytest.StashKey[Result]()
+_MARKER_RESULT = pytest.StashKey["Result"]()
 _RESULTS = pytest.StashKey[dict]()
 
 
@@ -111,6 +113,8 @@ def _requested_files(config: pytest.Config) -> set[Path]:
 def pytest_report_header(config: pytest.Config) -> str | None:
     if not config.stash.get(_REQUESTED, None):
         return None
+    import sqlite3
+
     from walstress.version import __version__
 
     return f"walstress {__version__}, SQLite {sqlite3.sqlite_version} (python stdlib)"
@@ -167,7 +171,7 @@ def _overrides(overrides: tuple | list, expect: str | None) -> list[str]:
 def _run_scenario(config: pytest.Config, source: Any, overrides: list[str], out_dir: Path, *,
                   duration: Any = None, repeat: int | None = None, cell_index: int | None = None) -> Result:
     """Run a scenario (or one of its cells) into out_dir with the session's template cache."""
-    from walstress.api import load_scenario
+    from walstress.api import Result, load_scenario
     from walstress.runner import run_scenario
 
     if duration is not None:
@@ -290,6 +294,7 @@ class WalstressRunner:
 
     def rejudge(self, result: Result) -> Result:
         """Judge every run of a finished result again from its run dirs (history + database)."""
+        from walstress.api import Result
         from walstress.runner import rejudge_dir
 
         data = rejudge_dir(result.path.parent)

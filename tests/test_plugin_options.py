@@ -1,0 +1,48 @@
+"""The pytest plugin as a pytest user expects it.
+
+Inner sessions run in subprocesses (a clean interpreter each); the runs are
+tiny (300 pages, 1 s), and most checks only collect.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+pytest_plugins = ("pytester",)
+
+
+# ------------------------------------------------------------------ imports
+HEAVY = ("walstress.api", "walstress.runner", "walstress.judge", "walstress.report", "walstress.controller",
+         "walstress.catalog", "sqlite3", "apsw", "matplotlib")
+
+
+def test_importing_the_plugin_loads_nothing_heavy():
+    code = ("import sys, json, pytest; before = set(sys.modules); import walstress.pytest_plugin; "
+            "print(json.dumps(sorted(set(sys.modules) - before)))")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "harness")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env,
+                         timeout=60).stdout
+    added = json.loads(out)
+    assert not [name for name in added if name.split(".")[0] in ("sqlite3", "apsw", "matplotlib")
+                or name in HEAVY or name.startswith("walstress.report")], added
+    assert set(added) <= {"walstress", "walstress.version", "walstress.pytest_plugin"}, added
+
+
+def test_a_session_that_never_uses_the_plugin_loads_nothing_heavy(pytester):
+    pytester.makeconftest("""
+        import json, sys
+
+        def pytest_sessionfinish(session):
+            loaded = sorted(m for m in sys.modules if m.startswith("walstress") or m.split(".")[0] in
+                            ("sqlite3", "_sqlite3", "apsw", "matplotlib"))
+            print("LOADED", json.dumps(loaded))
+        """)
+    pytester.makepyfile(test_plain="def test_plain():\n    pass\n")
+    result = pytester.runpytest_subprocess("-s", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+    line = next(line for line in result.stdout.lines if "LOADED " in line)
+    assert json.loads(line.split("LOADED ", 1)[1]) == ["walstress", "walstress.pytest_plugin", "walstress.version"]
