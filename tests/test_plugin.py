@@ -25,9 +25,9 @@ SCENARIOS = Path(__file__).parent / "scenarios"
 
 
 @pytest.fixture(scope="session")
-def shared_cache(request: pytest.FixtureRequest) -> Path:
+def shared_cache(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The template cache of this session, handed to inner pytest sessions so they build nothing."""
-    return template_cache_dir(request.config)
+    return template_cache_dir(request.config, tmp_path_factory)
 
 
 def junit_properties(path: Path) -> dict[str, dict[str, list[str]]]:
@@ -76,10 +76,10 @@ def test_run_fixture_takes_a_dict_and_overrides(walstress_run, tmp_path):
     assert run["writes"]["acked"] == run["writes"]["present"] > 0
 
 
-def test_template_fixture_is_cached_and_real(walstress_template, tmp_path, request):
+def test_template_fixture_is_cached_and_real(walstress_template, tmp_path, request, shared_cache):
     first = walstress_template(pages=300)
     assert walstress_template(pages=300) == first
-    assert first.parent.parent == template_cache_dir(request.config)
+    assert first.parent.parent == shared_cache
     copy = walstress_template(pages=300, copy=True)
     assert copy.parent == tmp_path and copy.stat().st_size == first.stat().st_size
     conn = sqlite3.connect(f"file:{copy}?mode=ro", uri=True)

@@ -8,11 +8,49 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from walstress.pytest_plugin import template_cache_dir
+
 pytest_plugins = ("pytester",)
+
+SCENARIOS = Path(__file__).parent / "scenarios"
+
+
+@pytest.fixture(scope="session")
+def shared_cache(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return template_cache_dir(request.config, tmp_path_factory)
+
+
+# ------------------------------------------------------------------ fixtures
+def test_scenario_cells_take_the_fixtures_of_their_conftest(pytester, shared_cache):
+    """A cell is a test function to fixtures: a conftest's autouse fixtures of every scope apply."""
+    shutil.copy(SCENARIOS / "tiny.toml", pytester.path / "tiny.toml")
+    pytester.makeconftest("""
+        import pytest
+
+        SEEN = []
+
+        @pytest.fixture(scope="module", autouse=True)
+        def per_module():
+            SEEN.append("module")
+
+        @pytest.fixture(autouse=True)
+        def per_test(request):
+            SEEN.append(request.node.name)
+
+        def pytest_sessionfinish(session):
+            print("SEEN", SEEN)
+        """)
+    result = pytester.runpytest_subprocess("-s", "-p", "no:cacheprovider", "tiny.toml",
+                                           "--walstress-duration=1", f"--walstress-cache-dir={shared_cache}")
+    result.assert_outcomes(passed=1)
+    assert "SEEN ['module', 'cell-000']" in result.stdout.str()
 
 
 # ------------------------------------------------------------------ imports

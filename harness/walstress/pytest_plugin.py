@@ -19,16 +19,18 @@ a walstress fixture, marker or scenario file is used. It offers:
     as read-only), or with ``copy=True`` a fresh copy in the test's tmp dir.
 
 ``@pytest.mark.walstress(scenario, *overrides, expect=None, duration=None, repeat=None)``
-    runs the scenario before the test body; the test fails unless every cell
-    matches ``expect`` (default: the scenario's own). The body may take the
-    ``walstress_result`` fixture to look at the numbers.
+    runs the scenario before the test body (while the test is set up); the
+    test fails unless every cell matches ``expect`` (default: the scenario's
+    own). The body may take the ``walstress_result`` fixture to look at the
+    numbers.
 
 Scenario files on the command line
     ``pytest scenarios/x.toml`` (or ``--walstress-scenarios=FILE``) turns each
     matrix cell into its own test item, so ``pytest -n auto`` spreads cells
     over cores. Only ``.toml`` files named explicitly are collected, never by
     discovery. ``--walstress-set``, ``--walstress-duration`` and
-    ``--walstress-repeat`` apply to those files.
+    ``--walstress-repeat`` apply to those files. A cell is a test function
+    to fixtures: a conftest's autouse fixtures apply to it.
 
 Every run attaches its verdict, SQLite version and key numbers to the test
 report as user properties (JUnit XML ``<property>`` elements), and every
@@ -121,11 +123,7 @@ def pytest_report_header(config: pytest.Config) -> str | None:
 
 
 # ------------------------------------------------------------ shared helpers
-def _tmp_factory(config: pytest.Config) -> pytest.TempPathFactory:
-    return config._tmp_path_factory  # type: ignore[attr-defined]
-
-
-def template_cache_dir(config: pytest.Config) -> Path:
+def template_cache_dir(config: pytest.Config, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One template cache per test session, shared by the xdist workers of that session."""
     cached = config.stash.get(_CACHE_DIR, None)
     if cached is not None:
@@ -134,7 +132,7 @@ def template_cache_dir(config: pytest.Config) -> Path:
     if explicit:
         path = Path(explicit)
     else:
-        base = _tmp_factory(config).getbasetemp()
+        base = tmp_path_factory.getbasetemp()
         if hasattr(config, "workerinput"):  # an xdist worker's basetemp is <session dir>/popen-gwN
             base = base.parent
         path = base / "walstress-cache"
@@ -168,7 +166,7 @@ def _overrides(overrides: tuple | list, expect: str | None) -> list[str]:
     return items
 
 
-def _run_scenario(config: pytest.Config, source: Any, overrides: list[str], out_dir: Path, *,
+def _run_scenario(cache_dir: Path, source: Any, overrides: list[str], out_dir: Path, *,
                   duration: Any = None, repeat: int | None = None, cell_index: int | None = None) -> Result:
     """Run a scenario (or one of its cells) into out_dir with the session's template cache."""
     from walstress.api import Result, load_scenario
@@ -181,7 +179,7 @@ def _run_scenario(config: pytest.Config, source: Any, overrides: list[str], out_
     if cell_index is not None:
         def cells_filter(cells: list) -> list:
             return [cell for cell in cells if cell.index == cell_index]
-    data = run_scenario(scenario, out_dir, repeat=repeat, cache_dir=template_cache_dir(config),
+    data = run_scenario(scenario, out_dir, repeat=repeat, cache_dir=cache_dir,
                         cells_filter=cells_filter)
     return Result(data=data, path=Path(out_dir) / "results.json")
 
@@ -269,9 +267,10 @@ def _fail_if_mismatch(result: Result, expect: str | None = None) -> None:
 class WalstressRunner:
     """The ``walstress_run`` fixture: run scenarios inside a test."""
 
-    def __init__(self, item: pytest.Item, tmp_path: Path):
+    def __init__(self, item: pytest.Item, tmp_path: Path, cache_dir: Path):
         self._item = item
         self._tmp_path = tmp_path
+        self._cache_dir = cache_dir
         self._count = 0
 
     def __call__(self, source: str | Path | dict, *overrides: str, expect: str | None = None,
@@ -280,7 +279,7 @@ class WalstressRunner:
                    self._item.config.invocation_params.dir]
         self._count += 1
         out_dir = self._tmp_path / f"walstress-{self._count}"
-        result = _run_scenario(self._item.config, _resolve_source(source, anchors),
+        result = _run_scenario(self._cache_dir, _resolve_source(source, anchors),
                                _overrides(overrides, expect), out_dir, duration=duration, repeat=repeat)
         record_result(self._item, result)
         if check:
@@ -304,15 +303,16 @@ class WalstressRunner:
 
 
 @pytest.fixture
-def walstress_run(request: pytest.FixtureRequest, tmp_path: Path) -> WalstressRunner:
+def walstress_run(request: pytest.FixtureRequest, tmp_path: Path,
+                  tmp_path_factory: pytest.TempPathFactory) -> WalstressRunner:
     """Run a walstress scenario (file or dict, with overrides) in the test's tmp dir."""
-    return WalstressRunner(request.node, tmp_path)
+    return WalstressRunner(request.node, tmp_path, template_cache_dir(request.config, tmp_path_factory))
 
 
 @pytest.fixture
-def walstress_template(request: pytest.FixtureRequest, tmp_path: Path):
+def walstress_template(request: pytest.FixtureRequest, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory):
     """``walstress_template(schema="minimal", pages=2000, page_size=4096, seed=0, copy=False)`` -> Path."""
-    config = request.config
+    cache_dir = template_cache_dir(request.config, tmp_path_factory)
     copies = iter(range(1, 1_000_000))
 
     def get(schema: str = "minimal", pages: int = 2000, page_size: int = 4096, seed: int = 0, *,
@@ -320,7 +320,7 @@ def walstress_template(request: pytest.FixtureRequest, tmp_path: Path):
         from walstress.database.template import copy_template, get_template
 
         path, _built = get_template(schema=schema, pages=pages, page_size=page_size, seed=seed,
-                                    cache_dir=template_cache_dir(config))
+                                    cache_dir=cache_dir)
         if not copy:
             return path
         dest = tmp_path / f"template-{next(copies)}-{path.name}"
@@ -330,7 +330,7 @@ def walstress_template(request: pytest.FixtureRequest, tmp_path: Path):
     return get
 
 
-def _marker_result(item: pytest.Item) -> Result:
+def _marker_result(item: pytest.Item, tmp_path_factory: pytest.TempPathFactory) -> Result:
     """Run the scenario of the item's walstress marker once; later calls reuse the result."""
     cached = item.stash.get(_MARKER_RESULT, None)
     if cached is not None:
@@ -346,8 +346,8 @@ def _marker_result(item: pytest.Item) -> Result:
                                 f"{', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
     overrides = list(positional) + list(marker.kwargs.get("overrides", ())) + list(marker.kwargs.get("set", ()))
     anchors = [Path(str(item.path)).parent, item.config.rootpath, item.config.invocation_params.dir]
-    out_dir = _tmp_factory(item.config).mktemp(f"walstress-{_safe_name(item.name)}-", numbered=True)
-    result = _run_scenario(item.config, _resolve_source(source, anchors),
+    out_dir = tmp_path_factory.mktemp(f"walstress-{_safe_name(item.name)}-", numbered=True)
+    result = _run_scenario(template_cache_dir(item.config, tmp_path_factory), _resolve_source(source, anchors),
                            _overrides(overrides, marker.kwargs.get("expect")), out_dir,
                            duration=marker.kwargs.get("duration"), repeat=marker.kwargs.get("repeat"))
     record_result(item, result)
@@ -356,18 +356,27 @@ def _marker_result(item: pytest.Item) -> Result:
 
 
 @pytest.fixture
-def walstress_result(request: pytest.FixtureRequest) -> Result:
-    """The result of the test's ``@pytest.mark.walstress`` scenario."""
+def walstress_result(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Result:
+    """The result of the test's ``@pytest.mark.walstress`` scenario (run while the test is set up)."""
     if request.node.get_closest_marker(MARKER) is None:
         raise pytest.UsageError(f"{request.node.nodeid}: walstress_result needs @pytest.mark.{MARKER}(...)")
-    return _marker_result(request.node)
+    return _marker_result(request.node, tmp_path_factory)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A marked test sets up ``walstress_result`` (which runs the scenario), whether it asks for it or not."""
+    for item in items:
+        if isinstance(item, pytest.Function) and item.get_closest_marker(MARKER) is not None \
+                and "walstress_result" not in item.fixturenames:
+            item.fixturenames = [*item.fixturenames, "walstress_result"]  # not the list shared by parametrized tests
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_call(item: pytest.Item) -> None:
     """A marked test fails before its body runs when a verdict differs from the expectation."""
-    if isinstance(item, pytest.Function) and item.get_closest_marker(MARKER) is not None:
-        _fail_if_mismatch(_marker_result(item))
+    result = item.stash.get(_MARKER_RESULT, None)
+    if result is not None:
+        _fail_if_mismatch(result)
 
 
 # ------------------------------------------------- scenario files as test items
@@ -380,8 +389,17 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Col
     return ScenarioFile.from_parent(parent, path=file_path)
 
 
-class ScenarioFile(pytest.File):
-    """A scenario TOML file: one item per matrix cell."""
+class ScenarioFile(pytest.Module):
+    """A scenario TOML file: one item per matrix cell.
+
+    A :class:`pytest.Module` (of an empty module, nothing imported) so that its cells are test functions
+    to fixtures of every scope, a conftest's module-scoped autouse fixtures included.
+    """
+
+    def _getobj(self) -> Any:
+        import types
+
+        return types.ModuleType(f"walstress_scenario_{_safe_name(self.path.stem)}")
 
     def _overrides(self) -> list[str]:
         """--walstress-set, and --walstress-duration as the override duration=X (collected and run alike)."""
@@ -403,12 +421,20 @@ class ScenarioFile(pytest.File):
         for cell in cells:
             label = _safe_name(cell.label.replace(" ", ","), limit=80) if cell.params else ""
             name = f"{cell.cell_id}[{label}]" if label else cell.cell_id
-            yield ScenarioCell.from_parent(self, name=name, cell_index=cell.index, label=cell.label,
-                                           expect=cell.scenario.expect)
+            yield ScenarioCell.from_parent(self, name=name, callobj=_cell_fixtures, cell_index=cell.index,
+                                           label=cell.label, expect=cell.scenario.expect)
 
 
-class ScenarioCell(pytest.Item):
-    """One matrix cell of a scenario file: its runs, judged against its ``expect``."""
+def _cell_fixtures(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The fixtures a scenario cell sets up (its signature is what counts)."""
+
+
+class ScenarioCell(pytest.Function):
+    """One matrix cell of a scenario file: its runs, judged against its ``expect``.
+
+    A :class:`pytest.Function` (of :func:`_cell_fixtures`) only to set up fixtures: ``tmp_path_factory``
+    gives its run dirs and the session's template cache.
+    """
 
     def __init__(self, *, cell_index: int, label: str, expect: str, **kwargs: Any):
         super().__init__(**kwargs)
@@ -420,7 +446,7 @@ class ScenarioCell(pytest.Item):
         stem = _safe_name(f"{self.path.stem}-cell-{self.cell_index:03d}", limit=60)
         root = self.config.getoption("walstress_out")
         if not root:
-            return _tmp_factory(self.config).mktemp(f"{stem}-", numbered=True)
+            return self._factory().mktemp(f"{stem}-", numbered=True)
         base = Path(root)
         base.mkdir(parents=True, exist_ok=True)
         for suffix in range(1000):
@@ -432,11 +458,15 @@ class ScenarioCell(pytest.Item):
                 continue
         raise RuntimeError(f"no free run folder for {stem} under {base}")
 
+    def _factory(self) -> pytest.TempPathFactory:
+        return self.funcargs["tmp_path_factory"]  # type: ignore[return-value]
+
     def runtest(self) -> None:
         parent = self.parent
         assert isinstance(parent, ScenarioFile)
-        result = _run_scenario(self.config, self.path, parent._overrides(), self._out_dir(),
-                               repeat=self.config.getoption("walstress_repeat"), cell_index=self.cell_index)
+        result = _run_scenario(template_cache_dir(self.config, self._factory()), self.path, parent._overrides(),
+                               self._out_dir(), repeat=self.config.getoption("walstress_repeat"),
+                               cell_index=self.cell_index)
         record_result(self, result)
         _fail_if_mismatch(result)
 
