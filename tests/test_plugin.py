@@ -119,9 +119,14 @@ def test_scenario_files_are_collected_only_when_named(pytester):
     default.assert_outcomes()
     assert "matrix.toml" not in default.stdout.str()
     assert "test_other.py::test_nothing" in default.stdout.str()
-    named = pytester.runpytest_subprocess("--collect-only", "-q", "--walstress-scenarios", "matrix.toml")
+    named = pytester.runpytest_subprocess("--collect-only", "-q", "matrix.toml")
     lines = [line for line in named.stdout.lines if "::" in line]
     assert lines == ["matrix.toml::cell-000[mode=PASSIVE]", "matrix.toml::cell-001[mode=TRUNCATE]"]
+    # --walstress-scenarios adds the file to what the session collects anyway
+    added = pytester.runpytest_subprocess("--collect-only", "-q", "--walstress-scenarios", "matrix.toml")
+    lines = [line for line in added.stdout.lines if "::" in line]
+    assert sorted(lines) == ["matrix.toml::cell-000[mode=PASSIVE]", "matrix.toml::cell-001[mode=TRUNCATE]",
+                             "test_other.py::test_nothing"]
 
 
 def test_xdist_runs_one_item_per_cell(pytester, monkeypatch):

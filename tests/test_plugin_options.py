@@ -20,11 +20,29 @@ from walstress.pytest_plugin import template_cache_dir
 pytest_plugins = ("pytester",)
 
 SCENARIOS = Path(__file__).parent / "scenarios"
+MATRIX_CELLS = ["matrix.toml::cell-000[mode=PASSIVE]", "matrix.toml::cell-001[mode=TRUNCATE]"]
 
 
 @pytest.fixture(scope="session")
 def shared_cache(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return template_cache_dir(request.config, tmp_path_factory)
+
+
+def collected(result: pytest.RunResult) -> list[str]:
+    return sorted(line for line in result.stdout.lines if "::" in line)
+
+
+# ---------------------------------------------------------------- testpaths
+def test_scenarios_option_adds_to_testpaths(pytester):
+    shutil.copy(SCENARIOS / "matrix.toml", pytester.path / "matrix.toml")
+    pytester.mkdir("checks")
+    (pytester.path / "checks" / "test_kept.py").write_text("def test_kept():\n    pass\n")
+    pytester.makepyfile(test_outside="def test_outside():\n    pass\n")  # not in testpaths
+    pytester.makeini("[pytest]\ntestpaths = checks\n")
+    plain = pytester.runpytest_subprocess("--collect-only", "-q")
+    assert collected(plain) == ["checks/test_kept.py::test_kept"]
+    added = pytester.runpytest_subprocess("--collect-only", "-q", "--walstress-scenarios=matrix.toml")
+    assert collected(added) == ["checks/test_kept.py::test_kept", *MATRIX_CELLS]
 
 
 # ------------------------------------------------------------------ fixtures

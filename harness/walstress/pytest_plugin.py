@@ -24,11 +24,12 @@ a walstress fixture, marker or scenario file is used. It offers:
     own). The body may take the ``walstress_result`` fixture to look at the
     numbers.
 
-Scenario files on the command line
-    ``pytest scenarios/x.toml`` (or ``--walstress-scenarios=FILE``) turns each
-    matrix cell into its own test item, so ``pytest -n auto`` spreads cells
-    over cores. Only ``.toml`` files named explicitly are collected, never by
-    discovery. ``--walstress-set``, ``--walstress-duration`` and
+Scenario files
+    ``pytest scenarios/x.toml`` turns each matrix cell into its own test
+    item, so ``pytest -n auto`` spreads cells over cores. Only ``.toml``
+    files named explicitly are collected, never by discovery.
+    ``--walstress-scenarios=FILE`` adds files to what the session collects
+    anyway (``testpaths`` or the arguments). ``--walstress-set``, ``--walstress-duration`` and
     ``--walstress-repeat`` apply to those files. A cell is a test function
     to fixtures: a conftest's autouse fixtures apply to it.
 
@@ -66,7 +67,8 @@ _RESULTS = pytest.StashKey[dict]()
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("walstress", "walstress scenarios as tests")
     group.addoption("--walstress-scenarios", action="append", default=[], metavar="FILE",
-                    help="scenario TOML file to collect, one test item per matrix cell (repeatable)")
+                    help="scenario TOML file to collect besides the session's other tests, one test item "
+                         "per matrix cell (repeatable)")
     group.addoption("--walstress-set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a key of the collected scenario files (repeatable)")
     group.addoption("--walstress-duration", default=None, metavar="SECONDS",
@@ -87,29 +89,23 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     config.pluginmanager.register(_Summary(), "walstress-summary")
     extra = [str(p) for p in config.getoption("walstress_scenarios") or []]
-    if extra:
-        explicit = getattr(config, "args_source", None) == pytest.Config.ArgsSource.ARGS
-        args = list(config.args) if explicit else []
+    if extra:  # added to the session's arguments (testpaths included), never replacing them
+        named = {_arg_path(config, arg) for arg in config.args}
         for name in extra:
-            if name not in args:
-                args.append(name)
-        config.args[:] = args
+            if _arg_path(config, name) not in named:
+                config.args.append(name)
     config.stash[_REQUESTED] = _requested_files(config)
+
+
+def _arg_path(config: pytest.Config, arg: str) -> Path:
+    path = Path(str(arg).split("::", 1)[0])
+    return (path if path.is_absolute() else config.invocation_params.dir / path).resolve()
 
 
 def _requested_files(config: pytest.Config) -> set[Path]:
     """The .toml files named on the command line (and by --walstress-scenarios), resolved."""
-    base = config.invocation_params.dir
-    found: set[Path] = set()
-    for arg in list(config.args) + list(config.getoption("walstress_scenarios") or []):
-        path_part = str(arg).split("::", 1)[0]
-        if not path_part.endswith(".toml"):
-            continue
-        path = Path(path_part)
-        if not path.is_absolute():
-            path = base / path
-        found.add(path.resolve())
-    return found
+    return {_arg_path(config, arg) for arg in [*config.args, *(config.getoption("walstress_scenarios") or [])]
+            if str(arg).split("::", 1)[0].endswith(".toml")}
 
 
 def pytest_report_header(config: pytest.Config) -> str | None:
