@@ -32,6 +32,96 @@ def collected(result: pytest.RunResult) -> list[str]:
     return sorted(line for line in result.stdout.lines if "::" in line)
 
 
+# ---------------------------------------------------------------- ini options
+def test_every_option_is_an_ini_option_and_the_command_line_wins(pytester):
+    shutil.copy(SCENARIOS / "matrix.toml", pytester.path / "matrix.toml")
+    pytester.makeini("""
+        [pytest]
+        walstress_scenarios = matrix.toml
+        walstress_set =
+            checkpoint.mode=["PASSIVE", "FULL", "RESTART"]
+        """)
+    help_text = pytester.runpytest_subprocess("--help").stdout.str()
+    for name in ("scenarios", "set", "duration", "repeat", "out", "cache_dir"):
+        assert f"walstress_{name} (" in help_text, name  # listed among the ini options
+    from_ini = pytester.runpytest_subprocess("--collect-only", "-q")
+    assert collected(from_ini) == ["matrix.toml::cell-000[mode=PASSIVE]", "matrix.toml::cell-001[mode=FULL]",
+                                   "matrix.toml::cell-002[mode=RESTART]"]
+    # a list on the command line replaces the ini's list
+    from_args = pytester.runpytest_subprocess("--collect-only", "-q", "--walstress-set", "checkpoint.mode=FULL")
+    assert collected(from_args) == ["matrix.toml::cell-000"]
+
+
+def test_ini_run_options_take_effect(pytester, shared_cache):
+    shutil.copy(SCENARIOS / "tiny.toml", pytester.path / "tiny.toml")
+    pytester.makeini(f"""
+        [pytest]
+        walstress_scenarios = tiny.toml
+        walstress_duration = 1s
+        walstress_repeat = 2
+        walstress_out = runs
+        walstress_cache_dir = {shared_cache}
+        """)
+    result = pytester.runpytest_subprocess("-q", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+    data = json.loads((pytester.path / "runs" / "tiny-cell-000" / "results.json").read_text())
+    assert data["scenario"]["values"]["duration"] == 1.0
+    runs = data["cells"][0]["results"]
+    assert [run["verdict"] for run in runs] == ["clean", "clean"]
+    assert {t["path"] for t in data["templates"]} and all(
+        Path(t["path"]).is_relative_to(shared_cache) for t in data["templates"])
+
+
+# ------------------------------------------------------------- usage errors
+@pytest.mark.parametrize(("args", "message"), [
+    (["--walstress-duration=abc"],
+     'walstress: --walstress-duration: abc is not a duration such as 30, "30s", "500ms" or "2m"'),
+    (["--walstress-duration=0"], "walstress: --walstress-duration: 0: a duration must be more than 0"),
+    (["--walstress-repeat=-1"], "walstress: --walstress-repeat: -1: at least 1 run per cell"),
+    (["--walstress-repeat=two"], "walstress: --walstress-repeat: two is not a whole number"),
+    (["--walstress-set", "no-equals-sign"], "walstress: --walstress-set no-equals-sign: expected KEY=VALUE"),
+    # a key or value is checked against the scenario files the overrides apply to
+    (["matrix.toml", "--walstress-set", "nosuch.key=1"], "walstress: --walstress-set nosuch.key=1: unknown key"),
+    (["--walstress-scenarios=matrix.toml", "--walstress-set", "expect=clean",
+      "--walstress-set", "checkpoint.mode=SOMETIMES"],
+     "walstress: --walstress-set checkpoint.mode=SOMETIMES: SOMETIMES is not allowed; expected one of"),
+    (["matrix.toml", "--walstress-set", "workers.opener.pause_ms=5"],
+     "walstress: --walstress-set workers.opener.pause_ms=5: the scenario has no opener workers"),
+    (["--walstress-scenarios", "missing.toml"],
+     "walstress: --walstress-scenarios: missing.toml: no such scenario file"),
+])
+def test_a_wrong_option_value_is_a_usage_error(pytester, args, message):
+    shutil.copy(SCENARIOS / "matrix.toml", pytester.path / "matrix.toml")
+    pytester.makepyfile(test_x="def test_x():\n    raise AssertionError('ran')\n")
+    result = pytester.runpytest_subprocess(*args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR == 4
+    errors = [line for line in result.stderr.lines if line.strip()]
+    assert len(errors) == 1, errors
+    assert errors[0].startswith(f"ERROR: {message}"), errors[0]
+    assert "Traceback" not in result.stdout.str() + result.stderr.str()
+    assert "ran" not in result.stdout.str()
+
+
+def test_overrides_valid_for_the_named_scenario_are_accepted(pytester):
+    """A key only some scenarios have (here an opener's) is no error for a scenario that has it."""
+    text = (SCENARIOS / "tiny.toml").read_text() + '\n[[workers]]\nrole = "opener"\ncount = 1\n'
+    (pytester.path / "opens.toml").write_text(text)
+    result = pytester.runpytest_subprocess("--collect-only", "-q", "opens.toml",
+                                           "--walstress-set", "workers.opener.pause_ms=5")
+    assert result.ret == 0, result.stderr.str()
+    assert collected(result) == ["opens.toml::cell-000"]
+
+
+def test_a_wrong_ini_value_is_a_usage_error_naming_the_ini_option(pytester):
+    pytester.makeini("[pytest]\nwalstress_duration = soon\n")
+    pytester.makepyfile(test_x="def test_x():\n    pass\n")
+    result = pytester.runpytest_subprocess()
+    assert result.ret == 4
+    assert [line for line in result.stderr.lines if line.strip()] == [
+        'ERROR: walstress: walstress_duration (ini tox.ini): soon is not a duration such as 30, "30s", '
+        '"500ms" or "2m"']
+
+
 # ---------------------------------------------------------------- testpaths
 def test_scenarios_option_adds_to_testpaths(pytester):
     shutil.copy(SCENARIOS / "matrix.toml", pytester.path / "matrix.toml")
@@ -43,6 +133,10 @@ def test_scenarios_option_adds_to_testpaths(pytester):
     assert collected(plain) == ["checks/test_kept.py::test_kept"]
     added = pytester.runpytest_subprocess("--collect-only", "-q", "--walstress-scenarios=matrix.toml")
     assert collected(added) == ["checks/test_kept.py::test_kept", *MATRIX_CELLS]
+    # the ini option too
+    pytester.makeini("[pytest]\ntestpaths = checks\nwalstress_scenarios = matrix.toml\n")
+    from_ini = pytester.runpytest_subprocess("--collect-only", "-q")
+    assert collected(from_ini) == ["checks/test_kept.py::test_kept", *MATRIX_CELLS]
 
 
 # ------------------------------------------------------------------ fixtures

@@ -3,7 +3,7 @@
 Loaded through the ``pytest11`` entry point (name ``walstress``; disable with
 ``-p no:walstress``). Importing it loads nothing of walstress but its option
 handling: the runner, the judge, the SQLite drivers and the report load when
-a walstress fixture, marker or scenario file is used. It offers:
+a walstress fixture, marker, option or scenario file is used. It offers:
 
 ``walstress_run`` (fixture)
     ``walstress_run(source, *overrides, expect=None, duration=None,
@@ -28,17 +28,26 @@ Scenario files
     ``pytest scenarios/x.toml`` turns each matrix cell into its own test
     item, so ``pytest -n auto`` spreads cells over cores. Only ``.toml``
     files named explicitly are collected, never by discovery.
-    ``--walstress-scenarios=FILE`` adds files to what the session collects
-    anyway (``testpaths`` or the arguments). ``--walstress-set``, ``--walstress-duration`` and
+    ``--walstress-scenarios=FILE`` (or the ini option ``walstress_scenarios``)
+    adds files to what the session collects anyway (``testpaths`` or the
+    arguments). ``--walstress-set``, ``--walstress-duration`` and
     ``--walstress-repeat`` apply to those files. A cell is a test function
     to fixtures: a conftest's autouse fixtures apply to it.
+
+Options
+    Every ``--walstress-NAME`` option is also the ini option
+    ``walstress_NAME`` (``[tool.pytest.ini_options]``, pytest.ini, ...); the
+    command line wins, a list on the command line replacing the ini's list.
+    Values are checked when pytest starts: a wrong one is a usage error
+    (exit 4) naming the option.
 
 Every run attaches its verdict, SQLite version and key numbers to the test
 report as user properties (JUnit XML ``<property>`` elements), and every
 failure message names the run dirs. Under pytest-xdist each worker writes
 run dirs under its own base temp dir; templates go to one cache per test
-session (``--walstress-cache-dir`` or ``$WALSTRESS_CACHE_DIR`` to choose
-another), which is safe under concurrent builders (an ``flock`` per key).
+session (``--walstress-cache-dir``, ``$WALSTRESS_CACHE_DIR`` or the ini
+option to choose another), which is safe under concurrent builders (an
+``flock`` per key).
 """
 
 from __future__ import annotations
@@ -46,6 +55,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -57,28 +67,141 @@ if TYPE_CHECKING:
 MARKER = "walstress"
 PROPERTY_PREFIX = "walstress_"
 
+_SETTINGS = pytest.StashKey["Settings"]()
 _REQUESTED = pytest.StashKey[set]()
 _CACHE_DIR = pytest.StashKey[Path]()
 _MARKER_RESULT = pytest.StashKey["Result"]()
 _RESULTS = pytest.StashKey[dict]()
 
+# name -> (metavar, help, ini type); --walstress-NAME on the command line, walstress_NAME in the ini
+_OPTIONS: dict[str, tuple[str, str, str]] = {
+    "scenarios": ("FILE", "scenario TOML file to collect besides the session's other tests, one test item "
+                          "per matrix cell (repeatable)", "linelist"),
+    "set": ("KEY=VALUE", "override a key of the collected scenario files (repeatable)", "linelist"),
+    "duration": ("SECONDS", 'run length for the collected scenario files, e.g. 5 or "500ms"', "string"),
+    "repeat": ("N", "runs per cell for the collected scenario files", "string"),
+    "out": ("DIR", "keep the run dirs of collected scenario files under DIR (default: pytest's tmp dirs)",
+            "string"),
+    "cache-dir": ("DIR", "template cache (default: $WALSTRESS_CACHE_DIR, else one per test session)", "string"),
+}
+
 
 # ------------------------------------------------------------------- options
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("walstress", "walstress scenarios as tests")
-    group.addoption("--walstress-scenarios", action="append", default=[], metavar="FILE",
-                    help="scenario TOML file to collect besides the session's other tests, one test item "
-                         "per matrix cell (repeatable)")
-    group.addoption("--walstress-set", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a key of the collected scenario files (repeatable)")
-    group.addoption("--walstress-duration", default=None, metavar="SECONDS",
-                    help='run length for the collected scenario files, e.g. 5 or "500ms"')
-    group.addoption("--walstress-repeat", type=int, default=None, metavar="N",
-                    help="runs per cell for the collected scenario files")
-    group.addoption("--walstress-out", default=None, metavar="DIR",
-                    help="keep the run dirs of collected scenario files under DIR (default: pytest's tmp dirs)")
-    group.addoption("--walstress-cache-dir", default=None, metavar="DIR",
-                    help="template cache (default: $WALSTRESS_CACHE_DIR, else one per test session)")
+    for name, (metavar, text, ini_type) in _OPTIONS.items():
+        dest = f"walstress_{name.replace('-', '_')}"
+        if ini_type == "linelist":
+            group.addoption(f"--walstress-{name}", dest=dest, action="append", default=None,
+                            metavar=metavar, help=f"{text}; ini: {dest}")
+        else:
+            group.addoption(f"--walstress-{name}", dest=dest, default=None, metavar=metavar,
+                            help=f"{text}; ini: {dest}")
+        parser.addini(dest, f"walstress: {text} (--walstress-{name} wins)", type=ini_type)  # type: ignore[arg-type]
+
+
+@dataclass
+class Settings:
+    """The walstress options of a session: the command line's, else the ini file's, checked."""
+
+    scenarios: list[str] = field(default_factory=list)
+    overrides: list[str] = field(default_factory=list)
+    overrides_from: str = ""
+    duration: str | None = None
+    repeat: int | None = None
+    out: Path | None = None
+    cache_dir: Path | None = None
+    cache_dir_given: bool = False  # on the command line, which wins over $WALSTRESS_CACHE_DIR
+
+
+def _raw(config: pytest.Config, name: str) -> tuple[Any, str, Path]:
+    """(value, where it came from, folder relative paths are taken from); value None when unset."""
+    dest = f"walstress_{name.replace('-', '_')}"
+    value = config.getoption(dest)
+    if value not in (None, []):
+        return value, f"--walstress-{name}", config.invocation_params.dir
+    ini = config.getini(dest)
+    base = config.inipath.parent if config.inipath is not None else config.rootpath
+    if ini not in (None, "", []):
+        return ini, f"{dest} (ini {config.inipath.name if config.inipath else ''})", base
+    return None, "", base
+
+
+def _usage(where: str, message: str) -> pytest.UsageError:
+    return pytest.UsageError(f"walstress: {where}: {message}")
+
+
+def read_settings(config: pytest.Config) -> Settings:
+    """The session's walstress options; a wrong value raises :class:`pytest.UsageError` (exit 4)."""
+    settings = Settings()
+    value, where, base = _raw(config, "scenarios")
+    for name in value or []:
+        path = Path(name) if Path(name).is_absolute() else base / name
+        if not path.is_file():
+            raise _usage(where, f"{name}: " + ("no such scenario file" if not path.exists() else "not a file"))
+        settings.scenarios.append(str(name) if where.startswith("--") else str(path))
+    value, where, _ = _raw(config, "duration")
+    if value is not None:
+        from walstress.settings import parse_duration_seconds
+
+        try:
+            seconds = parse_duration_seconds(value)
+        except ValueError as exc:
+            raise _usage(where, f"{value} is not {exc}") from None
+        if seconds <= 0:
+            raise _usage(where, f"{value}: a duration must be more than 0")
+        settings.duration = str(value)
+    value, where, _ = _raw(config, "repeat")
+    if value is not None:
+        try:
+            settings.repeat = int(value)
+        except ValueError:
+            raise _usage(where, f"{value} is not a whole number") from None
+        if settings.repeat < 1:
+            raise _usage(where, f"{value}: at least 1 run per cell")
+    for name in ("out", "cache-dir"):
+        value, where, base = _raw(config, name)
+        if value is None:
+            continue
+        path = Path(value).expanduser()
+        path = path if path.is_absolute() else base / path
+        if name == "out":
+            settings.out = path
+        else:
+            settings.cache_dir, settings.cache_dir_given = path, where.startswith("--")
+    value, where, _ = _raw(config, "set")
+    if value:
+        settings.overrides = [str(item) for item in value]
+        settings.overrides_from = where
+        for item in settings.overrides:
+            if "=" not in item:
+                raise _usage(f"{where} {item}", "expected KEY=VALUE")
+    return settings
+
+
+def _check_overrides(settings: Settings, files: set[Path]) -> None:
+    """The overrides applied to each scenario file they apply to: an unknown key or a wrong value is a
+    usage error. (With no scenario file in the session they apply to nothing: only their form counts.)"""
+    if not settings.overrides or not files:
+        return
+    from walstress import catalog
+    from walstress.errors import ScenarioError
+
+    for path in sorted(files):
+        try:
+            catalog.load_scenario(path, settings.overrides)
+        except ScenarioError as exc:
+            if exc.source != "--set":  # the file's own problem: reported when it is collected
+                continue
+            item = next((o for o in settings.overrides if o.partition("=")[0].strip() == exc.key), exc.key)
+            raise _usage(f"{settings.overrides_from} {item}", f"{exc.message} (in {path.name})") from None
+
+
+def settings_of(config: pytest.Config) -> Settings:
+    settings = config.stash.get(_SETTINGS, None)
+    if settings is None:
+        settings = config.stash[_SETTINGS] = read_settings(config)
+    return settings
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -87,14 +210,15 @@ def pytest_configure(config: pytest.Config) -> None:
         f"{MARKER}(scenario, *overrides, expect=None, duration=None, repeat=None): run a walstress "
         "scenario (file or dict) before the test; fail unless every cell matches expect",
     )
+    settings = settings_of(config)
     config.pluginmanager.register(_Summary(), "walstress-summary")
-    extra = [str(p) for p in config.getoption("walstress_scenarios") or []]
-    if extra:  # added to the session's arguments (testpaths included), never replacing them
+    if settings.scenarios:  # added to the session's arguments (testpaths included), never replacing them
         named = {_arg_path(config, arg) for arg in config.args}
-        for name in extra:
+        for name in settings.scenarios:
             if _arg_path(config, name) not in named:
                 config.args.append(name)
     config.stash[_REQUESTED] = _requested_files(config)
+    _check_overrides(settings, config.stash[_REQUESTED])
 
 
 def _arg_path(config: pytest.Config, arg: str) -> Path:
@@ -104,7 +228,7 @@ def _arg_path(config: pytest.Config, arg: str) -> Path:
 
 def _requested_files(config: pytest.Config) -> set[Path]:
     """The .toml files named on the command line (and by --walstress-scenarios), resolved."""
-    return {_arg_path(config, arg) for arg in [*config.args, *(config.getoption("walstress_scenarios") or [])]
+    return {_arg_path(config, arg) for arg in [*config.args, *settings_of(config).scenarios]
             if str(arg).split("::", 1)[0].endswith(".toml")}
 
 
@@ -124,7 +248,10 @@ def template_cache_dir(config: pytest.Config, tmp_path_factory: pytest.TempPathF
     cached = config.stash.get(_CACHE_DIR, None)
     if cached is not None:
         return cached
-    explicit = config.getoption("walstress_cache_dir") or os.environ.get("WALSTRESS_CACHE_DIR")
+    settings = settings_of(config)
+    # the command line, then $WALSTRESS_CACHE_DIR, then the ini
+    explicit = settings.cache_dir if settings.cache_dir_given else (
+        os.environ.get("WALSTRESS_CACHE_DIR") or settings.cache_dir)
     if explicit:
         path = Path(explicit)
     else:
@@ -399,8 +526,9 @@ class ScenarioFile(pytest.Module):
 
     def _overrides(self) -> list[str]:
         """--walstress-set, and --walstress-duration as the override duration=X (collected and run alike)."""
-        overrides = [str(o) for o in self.config.getoption("walstress_set") or []]
-        duration = self.config.getoption("walstress_duration")
+        settings = settings_of(self.config)
+        overrides = list(settings.overrides)
+        duration = settings.duration
         if duration is not None:
             overrides.append(f"duration={duration}")
         return overrides
@@ -440,7 +568,7 @@ class ScenarioCell(pytest.Function):
 
     def _out_dir(self) -> Path:
         stem = _safe_name(f"{self.path.stem}-cell-{self.cell_index:03d}", limit=60)
-        root = self.config.getoption("walstress_out")
+        root = settings_of(self.config).out
         if not root:
             return self._factory().mktemp(f"{stem}-", numbered=True)
         base = Path(root)
@@ -461,8 +589,7 @@ class ScenarioCell(pytest.Function):
         parent = self.parent
         assert isinstance(parent, ScenarioFile)
         result = _run_scenario(template_cache_dir(self.config, self._factory()), self.path, parent._overrides(),
-                               self._out_dir(), repeat=self.config.getoption("walstress_repeat"),
-                               cell_index=self.cell_index)
+                               self._out_dir(), repeat=settings_of(self.config).repeat, cell_index=self.cell_index)
         record_result(self, result)
         _fail_if_mismatch(result)
 
