@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from walstress.pytest_plugin import template_cache_dir
+from walstress.pytest_plugin import junit_suite_properties, recorded_properties, template_cache_dir
 from walstress.settings import tomllib
 
 pytest_plugins = ("pytester",)
@@ -31,13 +31,14 @@ def shared_cache(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
 
 
 def junit_properties(path: Path) -> dict[str, dict[str, list[str]]]:
-    """testcase name -> property name -> values, from a JUnit XML file."""
+    """test id -> property name -> values, from the test suite properties of a JUnit XML file (xunit2)."""
     out: dict[str, dict[str, list[str]]] = {}
-    for case in ET.parse(path).getroot().iter("testcase"):
-        props: dict[str, list[str]] = {}
-        for prop in case.iter("property"):
-            props.setdefault(prop.get("name", ""), []).append(prop.get("value", ""))
-        out[case.get("name", "")] = props
+    root = ET.parse(path).getroot()
+    for case in root.iter("testcase"):
+        assert case.find("properties") is None, "xunit2 has no properties on a test case"
+    for prop in root.iter("property"):
+        test_id, _, name = prop.get("name", "").rpartition("::")
+        out.setdefault(test_id, {}).setdefault(name, []).append(prop.get("value", ""))
     return out
 
 
@@ -55,7 +56,10 @@ def test_marker_runs_the_scenario_before_the_body(walstress_result, request, tmp
     run_dir = Path(run["run_dir"])
     assert run_dir.is_relative_to(tmp_path_factory.getbasetemp())
     assert (run_dir / "db" / "state.db").is_file()
-    props = dict(request.node.user_properties)
+    props = dict(recorded_properties(request.node))
+    # the test case's user properties too, unless JUnit XML is written as xunit2 (suite properties then)
+    in_user_properties = {name for name, _ in request.node.user_properties} >= set(props)
+    assert in_user_properties is not junit_suite_properties(request.config)
     assert props["walstress_verdict"] == "clean"
     assert props["walstress_sqlite_version"] == sqlite3.sqlite_version
     assert props["walstress_acked_writes"] == run["writes"]["acked"]
@@ -141,7 +145,8 @@ def test_xdist_runs_one_item_per_cell(pytester, monkeypatch):
     for item in ("matrix.toml::cell-000[mode=PASSIVE]", "matrix.toml::cell-001[mode=TRUNCATE]"):
         assert f"PASSED {item}" in out
     props = junit_properties(pytester.path / "junit.xml")
-    assert set(props) == {"cell-000[mode=PASSIVE]", "cell-001[mode=TRUNCATE]"}
+    # under xdist too, each test's numbers reach the XML (as the test suite's properties, xunit2)
+    assert set(props) == {"matrix.toml::cell-000[mode=PASSIVE]", "matrix.toml::cell-001[mode=TRUNCATE]"}
     results = []
     for name, values in props.items():
         assert values["walstress_verdict"] == ["clean"], name

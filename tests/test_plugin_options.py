@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
@@ -120,6 +121,52 @@ def test_a_wrong_ini_value_is_a_usage_error_naming_the_ini_option(pytester):
     assert [line for line in result.stderr.lines if line.strip()] == [
         'ERROR: walstress: walstress_duration (ini tox.ini): soon is not a duration such as 30, "30s", '
         '"500ms" or "2m"']
+
+
+# ---------------------------------------------------------------- JUnit XML
+MARKED = """
+import pytest
+
+@pytest.mark.walstress("tiny.toml", "duration=1s")
+def test_marked(walstress_result):
+    assert walstress_result.ok
+"""
+
+
+# every warning an error; pytest-benchmark (where installed) warns on its own under an outer xdist run
+STRICT = ("-W", "error", "-p", "no:benchmark", "-p", "no:cacheprovider")
+
+
+def test_junit_xml_carries_the_properties_without_a_warning(pytester, shared_cache):
+    shutil.copy(SCENARIOS / "tiny.toml", pytester.path / "tiny.toml")
+    pytester.makepyfile(test_marked=MARKED)
+    result = pytester.runpytest_subprocess(
+        *STRICT, "test_marked.py", "--junitxml=junit.xml",
+        f"--walstress-cache-dir={shared_cache}")
+    result.assert_outcomes(passed=1)
+    out = result.stdout.str()
+    assert "warnings summary" not in out and "Warning" not in out + result.stderr.str()
+    root = ET.parse(pytester.path / "junit.xml").getroot()
+    suite = root.find("testsuite")
+    assert suite is not None
+    case = suite.find("testcase")
+    assert case is not None and case.get("name") == "test_marked"
+    assert case.find("properties") is None  # xunit2 (the default family) has none on a test case
+    props = {p.get("name"): p.get("value") for p in suite.iter("property")}
+    assert props["test_marked.py::test_marked::walstress_verdict"] == "clean"
+    assert props["test_marked.py::test_marked::walstress_expect"] == "clean"
+    assert int(props["test_marked.py::test_marked::walstress_acked_writes"]) > 0
+    run_dir = Path(props["test_marked.py::test_marked::walstress_run_dir"])
+    assert json.loads((run_dir / "run.json").read_text())["verdict"] == "clean"
+    # a family with test case properties gets them there
+    xunit1 = pytester.runpytest_subprocess(
+        *STRICT, "test_marked.py", "--junitxml=junit1.xml",
+        "-o", "junit_family=xunit1", f"--walstress-cache-dir={shared_cache}")
+    xunit1.assert_outcomes(passed=1)
+    case = ET.parse(pytester.path / "junit1.xml").getroot().find("testsuite/testcase")
+    assert case is not None
+    case_props = {p.get("name"): p.get("value") for p in case.iter("property")}
+    assert case_props["walstress_verdict"] == "clean"
 
 
 # ---------------------------------------------------------------- testpaths

@@ -42,10 +42,13 @@ Options
     (exit 4) naming the option.
 
 Every run attaches its verdict, SQLite version and key numbers to the test
-report as user properties (JUnit XML ``<property>`` elements), and every
-failure message names the run dirs. Under pytest-xdist each worker writes
-run dirs under its own base temp dir; templates go to one cache per test
-session (``--walstress-cache-dir``, ``$WALSTRESS_CACHE_DIR`` or the ini
+report (``report.walstress_properties``) and to the JUnit XML: under the
+default ``junit_family`` (xunit2), which has no properties on a test case,
+as properties of the test suite named ``<test id>::walstress_<name>``; under
+``xunit1`` or ``legacy`` as the test case's properties (``user_properties``).
+Every failure message names the run dirs. Under pytest-xdist each worker
+writes run dirs under its own base temp dir; templates go to one cache per
+test session (``--walstress-cache-dir``, ``$WALSTRESS_CACHE_DIR`` or the ini
 option to choose another), which is safe under concurrent builders (an
 ``flock`` per key).
 """
@@ -66,12 +69,14 @@ if TYPE_CHECKING:
 
 MARKER = "walstress"
 PROPERTY_PREFIX = "walstress_"
+REPORT_ATTRIBUTE = "walstress_properties"
 
 _SETTINGS = pytest.StashKey["Settings"]()
 _REQUESTED = pytest.StashKey[set]()
 _CACHE_DIR = pytest.StashKey[Path]()
 _MARKER_RESULT = pytest.StashKey["Result"]()
 _RESULTS = pytest.StashKey[dict]()
+_PROPERTIES = pytest.StashKey[list[tuple[str, object]]]()
 
 # name -> (metavar, help, ini type); --walstress-NAME on the command line, walstress_NAME in the ini
 _OPTIONS: dict[str, tuple[str, str, str]] = {
@@ -211,7 +216,7 @@ def pytest_configure(config: pytest.Config) -> None:
         "scenario (file or dict) before the test; fail unless every cell matches expect",
     )
     settings = settings_of(config)
-    config.pluginmanager.register(_Summary(), "walstress-summary")
+    config.pluginmanager.register(_Summary(config), "walstress-summary")
     if settings.scenarios:  # added to the session's arguments (testpaths included), never replacing them
         named = {_arg_path(config, arg) for arg in config.args}
         for name in settings.scenarios:
@@ -369,15 +374,35 @@ def record_result(item: pytest.Item, result: Result) -> None:
     """
     results: dict[str, Result] = item.stash.setdefault(_RESULTS, {})
     results[str(result.path)] = result
-    kept = [(name, value) for name, value in item.user_properties
-            if not (isinstance(name, str) and name.startswith(PROPERTY_PREFIX))]
+    properties: list[tuple[str, object]] = []
     for each in results.values():
         scenario = each.data.get("scenario", {}).get("name", "?")
         for cell in each.cells:
             prefix = "" if len(each.cells) == 1 else f"{cell['cell_id']}_"
-            kept.extend(_cell_properties(cell, scenario, prefix))
-        kept.append((f"{PROPERTY_PREFIX}results", str(each.path)))
-    item.user_properties[:] = kept
+            properties.extend(_cell_properties(cell, scenario, prefix))
+        properties.append((f"{PROPERTY_PREFIX}results", str(each.path)))
+    item.stash[_PROPERTIES] = properties
+    if junit_suite_properties(item.config):
+        return
+    kept = [(name, value) for name, value in item.user_properties
+            if not (isinstance(name, str) and name.startswith(PROPERTY_PREFIX))]
+    item.user_properties[:] = kept + properties
+
+
+def recorded_properties(item: pytest.Item) -> list[tuple[str, object]]:
+    """The walstress properties recorded on a test item (its report's ``walstress_properties``)."""
+    recorded: list[tuple[str, object]] | None = item.stash.get(_PROPERTIES, None)
+    return list(recorded or [])
+
+
+def junit_suite_properties(config: pytest.Config) -> bool:
+    """True when JUnit XML is written in a family without test case properties (xunit2, the default)."""
+    if not config.getoption("xmlpath", None):
+        return False
+    try:
+        return config.getini("junit_family") == "xunit2"
+    except ValueError:  # the junitxml plugin is disabled
+        return False
 
 
 def _fail_if_mismatch(result: Result, expect: str | None = None) -> None:
@@ -611,6 +636,9 @@ class ScenarioCell(pytest.Function):
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Any:
     outcome = yield
     report = outcome.get_result()
+    properties = item.stash.get(_PROPERTIES, None)
+    if properties and (report.when == "call" or (report.when == "setup" and report.failed)):
+        setattr(report, REPORT_ATTRIBUTE, [list(pair) for pair in properties])  # crosses xdist as JSON
     results = item.stash.get(_RESULTS, None)
     if not results or not report.failed:
         return
@@ -624,17 +652,35 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Any:
             report.longrepr = f"{text}\n{block}"
 
 
-class _Summary:
-    """Collects one line per walstress test report (on the xdist controller too) for the summary."""
+def _junit_suite_writer(config: pytest.Config) -> Any:
+    """The ``add_global_property`` of this process's JUnit XML writer (what ``record_testsuite_property``
+    calls), when the XML is written here in a family without test case properties; else None."""
+    if not junit_suite_properties(config) or hasattr(config, "workerinput"):
+        return None
+    for plugin in config.pluginmanager.get_plugins():
+        add = getattr(plugin, "add_global_property", None)
+        if callable(add):
+            return add
+    return None
 
-    def __init__(self) -> None:
+
+class _Summary:
+    """Per walstress test report (on the xdist controller too): one summary line, and under xunit2 the
+    JUnit XML test suite's properties."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
         self.lines: list[str] = []
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        if report.when != "call":
+        pairs = getattr(report, REPORT_ATTRIBUTE, None)
+        if not pairs:
             return
-        props = {name[len(PROPERTY_PREFIX):]: value for name, value in report.user_properties
-                 if isinstance(name, str) and name.startswith(PROPERTY_PREFIX)}
+        add = _junit_suite_writer(self.config)
+        if add is not None:
+            for name, value in pairs:
+                add(f"{report.nodeid}::{name}", value)
+        props = {name[len(PROPERTY_PREFIX):]: value for name, value in pairs}
         if "verdict" not in props:
             return
         self.lines.append(
