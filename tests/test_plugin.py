@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from walstress.pytest_plugin import template_cache_dir
+from walstress.pytest_plugin import junit_suite_properties, recorded_properties, template_cache_dir
 from walstress.settings import tomllib
 
 pytest_plugins = ("pytester",)
@@ -25,19 +25,20 @@ SCENARIOS = Path(__file__).parent / "scenarios"
 
 
 @pytest.fixture(scope="session")
-def shared_cache(request: pytest.FixtureRequest) -> Path:
+def shared_cache(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The template cache of this session, handed to inner pytest sessions so they build nothing."""
-    return template_cache_dir(request.config)
+    return template_cache_dir(request.config, tmp_path_factory)
 
 
 def junit_properties(path: Path) -> dict[str, dict[str, list[str]]]:
-    """testcase name -> property name -> values, from a JUnit XML file."""
+    """test id -> property name -> values, from the test suite properties of a JUnit XML file (xunit2)."""
     out: dict[str, dict[str, list[str]]] = {}
-    for case in ET.parse(path).getroot().iter("testcase"):
-        props: dict[str, list[str]] = {}
-        for prop in case.iter("property"):
-            props.setdefault(prop.get("name", ""), []).append(prop.get("value", ""))
-        out[case.get("name", "")] = props
+    root = ET.parse(path).getroot()
+    for case in root.iter("testcase"):
+        assert case.find("properties") is None, "xunit2 has no properties on a test case"
+    for prop in root.iter("property"):
+        test_id, _, name = prop.get("name", "").rpartition("::")
+        out.setdefault(test_id, {}).setdefault(name, []).append(prop.get("value", ""))
     return out
 
 
@@ -55,7 +56,10 @@ def test_marker_runs_the_scenario_before_the_body(walstress_result, request, tmp
     run_dir = Path(run["run_dir"])
     assert run_dir.is_relative_to(tmp_path_factory.getbasetemp())
     assert (run_dir / "db" / "state.db").is_file()
-    props = dict(request.node.user_properties)
+    props = dict(recorded_properties(request.node))
+    # the test case's user properties too, unless JUnit XML is written as xunit2 (suite properties then)
+    in_user_properties = {name for name, _ in request.node.user_properties} >= set(props)
+    assert in_user_properties is not junit_suite_properties(request.config)
     assert props["walstress_verdict"] == "clean"
     assert props["walstress_sqlite_version"] == sqlite3.sqlite_version
     assert props["walstress_acked_writes"] == run["writes"]["acked"]
@@ -76,10 +80,10 @@ def test_run_fixture_takes_a_dict_and_overrides(walstress_run, tmp_path):
     assert run["writes"]["acked"] == run["writes"]["present"] > 0
 
 
-def test_template_fixture_is_cached_and_real(walstress_template, tmp_path, request):
+def test_template_fixture_is_cached_and_real(walstress_template, tmp_path, request, shared_cache):
     first = walstress_template(pages=300)
     assert walstress_template(pages=300) == first
-    assert first.parent.parent == template_cache_dir(request.config)
+    assert first.parent.parent == shared_cache
     copy = walstress_template(pages=300, copy=True)
     assert copy.parent == tmp_path and copy.stat().st_size == first.stat().st_size
     conn = sqlite3.connect(f"file:{copy}?mode=ro", uri=True)
@@ -119,9 +123,14 @@ def test_scenario_files_are_collected_only_when_named(pytester):
     default.assert_outcomes()
     assert "matrix.toml" not in default.stdout.str()
     assert "test_other.py::test_nothing" in default.stdout.str()
-    named = pytester.runpytest_subprocess("--collect-only", "-q", "--walstress-scenarios", "matrix.toml")
+    named = pytester.runpytest_subprocess("--collect-only", "-q", "matrix.toml")
     lines = [line for line in named.stdout.lines if "::" in line]
     assert lines == ["matrix.toml::cell-000[mode=PASSIVE]", "matrix.toml::cell-001[mode=TRUNCATE]"]
+    # --walstress-scenarios adds the file to what the session collects anyway
+    added = pytester.runpytest_subprocess("--collect-only", "-q", "--walstress-scenarios", "matrix.toml")
+    lines = [line for line in added.stdout.lines if "::" in line]
+    assert sorted(lines) == ["matrix.toml::cell-000[mode=PASSIVE]", "matrix.toml::cell-001[mode=TRUNCATE]",
+                             "test_other.py::test_nothing"]
 
 
 def test_xdist_runs_one_item_per_cell(pytester, monkeypatch):
@@ -136,7 +145,8 @@ def test_xdist_runs_one_item_per_cell(pytester, monkeypatch):
     for item in ("matrix.toml::cell-000[mode=PASSIVE]", "matrix.toml::cell-001[mode=TRUNCATE]"):
         assert f"PASSED {item}" in out
     props = junit_properties(pytester.path / "junit.xml")
-    assert set(props) == {"cell-000[mode=PASSIVE]", "cell-001[mode=TRUNCATE]"}
+    # under xdist too, each test's numbers reach the XML (as the test suite's properties, xunit2)
+    assert set(props) == {"matrix.toml::cell-000[mode=PASSIVE]", "matrix.toml::cell-001[mode=TRUNCATE]"}
     results = []
     for name, values in props.items():
         assert values["walstress_verdict"] == ["clean"], name

@@ -1,7 +1,9 @@
 """pytest plugin: walstress scenarios as regression tests.
 
 Loaded through the ``pytest11`` entry point (name ``walstress``; disable with
-``-p no:walstress``). It offers:
+``-p no:walstress``). Importing it loads nothing of walstress but its option
+handling: the runner, the judge, the SQLite drivers and the report load when
+a walstress fixture, marker, option or scenario file is used. It offers:
 
 ``walstress_run`` (fixture)
     ``walstress_run(source, *overrides, expect=None, duration=None,
@@ -17,62 +19,194 @@ Loaded through the ``pytest11`` entry point (name ``walstress``; disable with
     as read-only), or with ``copy=True`` a fresh copy in the test's tmp dir.
 
 ``@pytest.mark.walstress(scenario, *overrides, expect=None, duration=None, repeat=None)``
-    runs the scenario before the test body; the test fails unless every cell
-    matches ``expect`` (default: the scenario's own). The body may take the
-    ``walstress_result`` fixture to look at the numbers.
+    runs the scenario before the test body (while the test is set up); the
+    test fails unless every cell matches ``expect`` (default: the scenario's
+    own). The body may take the ``walstress_result`` fixture to look at the
+    numbers.
 
-Scenario files on the command line
-    ``pytest scenarios/x.toml`` (or ``--walstress-scenarios=FILE``) turns each
-    matrix cell into its own test item, so ``pytest -n auto`` spreads cells
-    over cores. Only ``.toml`` files named explicitly are collected, never by
-    discovery. ``--walstress-set``, ``--walstress-duration`` and
-    ``--walstress-repeat`` apply to those files.
+Scenario files
+    ``pytest scenarios/x.toml`` turns each matrix cell into its own test
+    item, so ``pytest -n auto`` spreads cells over cores. Only ``.toml``
+    files named explicitly are collected, never by discovery.
+    ``--walstress-scenarios=FILE`` (or the ini option ``walstress_scenarios``)
+    adds files to what the session collects anyway (``testpaths`` or the
+    arguments). ``--walstress-set``, ``--walstress-duration`` and
+    ``--walstress-repeat`` apply to those files. A cell is a test function
+    to fixtures: a conftest's autouse fixtures apply to it.
+
+Options
+    Every ``--walstress-NAME`` option is also the ini option
+    ``walstress_NAME`` (``[tool.pytest.ini_options]``, pytest.ini, ...); the
+    command line wins, a list on the command line replacing the ini's list.
+    Values are checked when pytest starts: a wrong one is a usage error
+    (exit 4) naming the option.
 
 Every run attaches its verdict, SQLite version and key numbers to the test
-report as user properties (JUnit XML ``<property>`` elements), and every
-failure message names the run dirs. Under pytest-xdist each worker writes
-run dirs under its own base temp dir; templates go to one cache per test
-session (``--walstress-cache-dir`` or ``$WALSTRESS_CACHE_DIR`` to choose
-another), which is safe under concurrent builders (an ``flock`` per key).
+report (``report.walstress_properties``) and to the JUnit XML: under the
+default ``junit_family`` (xunit2), which has no properties on a test case,
+as properties of the test suite named ``<test id>::walstress_<name>``; under
+``xunit1`` or ``legacy`` as the test case's properties (``user_properties``).
+Every failure message names the run dirs. Under pytest-xdist each worker
+writes run dirs under its own base temp dir; templates go to one cache per
+test session (``--walstress-cache-dir``, ``$WALSTRESS_CACHE_DIR`` or the ini
+option to choose another), which is safe under concurrent builders (an
+``flock`` per key).
 """
 
 from __future__ import annotations
 
 import os
 import re
-import sqlite3
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from walstress.api import Result
+if TYPE_CHECKING:
+    from walstress.api import Result
 
 MARKER = "walstress"
 PROPERTY_PREFIX = "walstress_"
+REPORT_ATTRIBUTE = "walstress_properties"
 
+_SETTINGS = pytest.StashKey["Settings"]()
 _REQUESTED = pytest.StashKey[set]()
 _CACHE_DIR = pytest.StashKey[Path]()
-_MARKER_RESULT = pytest.StashKey[Result]()
+_MARKER_RESULT = pytest.StashKey["Result"]()
 _RESULTS = pytest.StashKey[dict]()
+_PROPERTIES = pytest.StashKey[list[tuple[str, object]]]()
+
+# name -> (metavar, help, ini type); --walstress-NAME on the command line, walstress_NAME in the ini
+_OPTIONS: dict[str, tuple[str, str, str]] = {
+    "scenarios": ("FILE", "scenario TOML file to collect besides the session's other tests, one test item "
+                          "per matrix cell (repeatable)", "linelist"),
+    "set": ("KEY=VALUE", "override a key of the collected scenario files (repeatable)", "linelist"),
+    "duration": ("SECONDS", 'run length for the collected scenario files, e.g. 5 or "500ms"', "string"),
+    "repeat": ("N", "runs per cell for the collected scenario files", "string"),
+    "out": ("DIR", "keep the run dirs of collected scenario files under DIR (default: pytest's tmp dirs)",
+            "string"),
+    "cache-dir": ("DIR", "template cache (default: $WALSTRESS_CACHE_DIR, else one per test session)", "string"),
+}
 
 
 # ------------------------------------------------------------------- options
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("walstress", "walstress scenarios as tests")
-    group.addoption("--walstress-scenarios", action="append", default=[], metavar="FILE",
-                    help="scenario TOML file to collect, one test item per matrix cell (repeatable)")
-    group.addoption("--walstress-set", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a key of the collected scenario files (repeatable)")
-    group.addoption("--walstress-duration", default=None, metavar="SECONDS",
-                    help='run length for the collected scenario files, e.g. 5 or "500ms"')
-    group.addoption("--walstress-repeat", type=int, default=None, metavar="N",
-                    help="runs per cell for the collected scenario files")
-    group.addoption("--walstress-out", default=None, metavar="DIR",
-                    help="keep the run dirs of collected scenario files under DIR (default: pytest's tmp dirs)")
-    group.addoption("--walstress-cache-dir", default=None, metavar="DIR",
-                    help="template cache (default: $WALSTRESS_CACHE_DIR, else one per test session)")
+    for name, (metavar, text, ini_type) in _OPTIONS.items():
+        dest = f"walstress_{name.replace('-', '_')}"
+        if ini_type == "linelist":
+            group.addoption(f"--walstress-{name}", dest=dest, action="append", default=None,
+                            metavar=metavar, help=f"{text}; ini: {dest}")
+        else:
+            group.addoption(f"--walstress-{name}", dest=dest, default=None, metavar=metavar,
+                            help=f"{text}; ini: {dest}")
+        parser.addini(dest, f"walstress: {text} (--walstress-{name} wins)", type=ini_type)  # type: ignore[arg-type]
+
+
+@dataclass
+class Settings:
+    """The walstress options of a session: the command line's, else the ini file's, checked."""
+
+    scenarios: list[str] = field(default_factory=list)
+    overrides: list[str] = field(default_factory=list)
+    overrides_from: str = ""
+    duration: str | None = None
+    repeat: int | None = None
+    out: Path | None = None
+    cache_dir: Path | None = None
+    cache_dir_given: bool = False  # on the command line, which wins over $WALSTRESS_CACHE_DIR
+
+
+def _raw(config: pytest.Config, name: str) -> tuple[Any, str, Path]:
+    """(value, where it came from, folder relative paths are taken from); value None when unset."""
+    dest = f"walstress_{name.replace('-', '_')}"
+    value = config.getoption(dest)
+    if value not in (None, []):
+        return value, f"--walstress-{name}", config.invocation_params.dir
+    ini = config.getini(dest)
+    base = config.inipath.parent if config.inipath is not None else config.rootpath
+    if ini not in (None, "", []):
+        return ini, f"{dest} (ini {config.inipath.name if config.inipath else ''})", base
+    return None, "", base
+
+
+def _usage(where: str, message: str) -> pytest.UsageError:
+    return pytest.UsageError(f"walstress: {where}: {message}")
+
+
+def read_settings(config: pytest.Config) -> Settings:
+    """The session's walstress options; a wrong value raises :class:`pytest.UsageError` (exit 4)."""
+    settings = Settings()
+    value, where, base = _raw(config, "scenarios")
+    for name in value or []:
+        path = Path(name) if Path(name).is_absolute() else base / name
+        if not path.is_file():
+            raise _usage(where, f"{name}: " + ("no such scenario file" if not path.exists() else "not a file"))
+        settings.scenarios.append(str(name) if where.startswith("--") else str(path))
+    value, where, _ = _raw(config, "duration")
+    if value is not None:
+        from walstress.settings import parse_duration_seconds
+
+        try:
+            seconds = parse_duration_seconds(value)
+        except ValueError as exc:
+            raise _usage(where, f"{value} is not {exc}") from None
+        if seconds <= 0:
+            raise _usage(where, f"{value}: a duration must be more than 0")
+        settings.duration = str(value)
+    value, where, _ = _raw(config, "repeat")
+    if value is not None:
+        try:
+            settings.repeat = int(value)
+        except ValueError:
+            raise _usage(where, f"{value} is not a whole number") from None
+        if settings.repeat < 1:
+            raise _usage(where, f"{value}: at least 1 run per cell")
+    for name in ("out", "cache-dir"):
+        value, where, base = _raw(config, name)
+        if value is None:
+            continue
+        path = Path(value).expanduser()
+        path = path if path.is_absolute() else base / path
+        if name == "out":
+            settings.out = path
+        else:
+            settings.cache_dir, settings.cache_dir_given = path, where.startswith("--")
+    value, where, _ = _raw(config, "set")
+    if value:
+        settings.overrides = [str(item) for item in value]
+        settings.overrides_from = where
+        for item in settings.overrides:
+            if "=" not in item:
+                raise _usage(f"{where} {item}", "expected KEY=VALUE")
+    return settings
+
+
+def _check_overrides(settings: Settings, files: set[Path]) -> None:
+    """The overrides applied to each scenario file they apply to: an unknown key or a wrong value is a
+    usage error. (With no scenario file in the session they apply to nothing: only their form counts.)"""
+    if not settings.overrides or not files:
+        return
+    from walstress import catalog
+    from walstress.errors import ScenarioError
+
+    for path in sorted(files):
+        try:
+            catalog.load_scenario(path, settings.overrides)
+        except ScenarioError as exc:
+            if exc.source != "--set":  # the file's own problem: reported when it is collected
+                continue
+            item = next((o for o in settings.overrides if o.partition("=")[0].strip() == exc.key), exc.key)
+            raise _usage(f"{settings.overrides_from} {item}", f"{exc.message} (in {path.name})") from None
+
+
+def settings_of(config: pytest.Config) -> Settings:
+    settings = config.stash.get(_SETTINGS, None)
+    if settings is None:
+        settings = config.stash[_SETTINGS] = read_settings(config)
+    return settings
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -81,56 +215,52 @@ def pytest_configure(config: pytest.Config) -> None:
         f"{MARKER}(scenario, *overrides, expect=None, duration=None, repeat=None): run a walstress "
         "scenario (file or dict) before the test; fail unless every cell matches expect",
     )
-    config.pluginmanager.register(_Summary(), "walstress-summary")
-    extra = [str(p) for p in config.getoption("walstress_scenarios") or []]
-    if extra:
-        explicit = getattr(config, "args_source", None) == pytest.Config.ArgsSource.ARGS
-        args = list(config.args) if explicit else []
-        for name in extra:
-            if name not in args:
-                args.append(name)
-        config.args[:] = args
+    settings = settings_of(config)
+    config.pluginmanager.register(_Summary(config), "walstress-summary")
+    if settings.scenarios:  # added to the session's arguments (testpaths included), never replacing them
+        named = {_arg_path(config, arg) for arg in config.args}
+        for name in settings.scenarios:
+            if _arg_path(config, name) not in named:
+                config.args.append(name)
     config.stash[_REQUESTED] = _requested_files(config)
+    _check_overrides(settings, config.stash[_REQUESTED])
+
+
+def _arg_path(config: pytest.Config, arg: str) -> Path:
+    path = Path(str(arg).split("::", 1)[0])
+    return (path if path.is_absolute() else config.invocation_params.dir / path).resolve()
 
 
 def _requested_files(config: pytest.Config) -> set[Path]:
     """The .toml files named on the command line (and by --walstress-scenarios), resolved."""
-    base = config.invocation_params.dir
-    found: set[Path] = set()
-    for arg in list(config.args) + list(config.getoption("walstress_scenarios") or []):
-        path_part = str(arg).split("::", 1)[0]
-        if not path_part.endswith(".toml"):
-            continue
-        path = Path(path_part)
-        if not path.is_absolute():
-            path = base / path
-        found.add(path.resolve())
-    return found
+    return {_arg_path(config, arg) for arg in [*config.args, *settings_of(config).scenarios]
+            if str(arg).split("::", 1)[0].endswith(".toml")}
 
 
 def pytest_report_header(config: pytest.Config) -> str | None:
     if not config.stash.get(_REQUESTED, None):
         return None
+    import sqlite3
+
     from walstress.version import __version__
 
     return f"walstress {__version__}, SQLite {sqlite3.sqlite_version} (python stdlib)"
 
 
 # ------------------------------------------------------------ shared helpers
-def _tmp_factory(config: pytest.Config) -> pytest.TempPathFactory:
-    return config._tmp_path_factory  # type: ignore[attr-defined]
-
-
-def template_cache_dir(config: pytest.Config) -> Path:
+def template_cache_dir(config: pytest.Config, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One template cache per test session, shared by the xdist workers of that session."""
     cached = config.stash.get(_CACHE_DIR, None)
     if cached is not None:
         return cached
-    explicit = config.getoption("walstress_cache_dir") or os.environ.get("WALSTRESS_CACHE_DIR")
+    settings = settings_of(config)
+    # the command line, then $WALSTRESS_CACHE_DIR, then the ini
+    explicit = settings.cache_dir if settings.cache_dir_given else (
+        os.environ.get("WALSTRESS_CACHE_DIR") or settings.cache_dir)
     if explicit:
         path = Path(explicit)
     else:
-        base = _tmp_factory(config).getbasetemp()
+        base = tmp_path_factory.getbasetemp()
         if hasattr(config, "workerinput"):  # an xdist worker's basetemp is <session dir>/popen-gwN
             base = base.parent
         path = base / "walstress-cache"
@@ -164,10 +294,10 @@ def _overrides(overrides: tuple | list, expect: str | None) -> list[str]:
     return items
 
 
-def _run_scenario(config: pytest.Config, source: Any, overrides: list[str], out_dir: Path, *,
+def _run_scenario(cache_dir: Path, source: Any, overrides: list[str], out_dir: Path, *,
                   duration: Any = None, repeat: int | None = None, cell_index: int | None = None) -> Result:
     """Run a scenario (or one of its cells) into out_dir with the session's template cache."""
-    from walstress.api import load_scenario
+    from walstress.api import Result, load_scenario
     from walstress.runner import run_scenario
 
     if duration is not None:
@@ -177,7 +307,7 @@ def _run_scenario(config: pytest.Config, source: Any, overrides: list[str], out_
     if cell_index is not None:
         def cells_filter(cells: list) -> list:
             return [cell for cell in cells if cell.index == cell_index]
-    data = run_scenario(scenario, out_dir, repeat=repeat, cache_dir=template_cache_dir(config),
+    data = run_scenario(scenario, out_dir, repeat=repeat, cache_dir=cache_dir,
                         cells_filter=cells_filter)
     return Result(data=data, path=Path(out_dir) / "results.json")
 
@@ -244,15 +374,35 @@ def record_result(item: pytest.Item, result: Result) -> None:
     """
     results: dict[str, Result] = item.stash.setdefault(_RESULTS, {})
     results[str(result.path)] = result
-    kept = [(name, value) for name, value in item.user_properties
-            if not (isinstance(name, str) and name.startswith(PROPERTY_PREFIX))]
+    properties: list[tuple[str, object]] = []
     for each in results.values():
         scenario = each.data.get("scenario", {}).get("name", "?")
         for cell in each.cells:
             prefix = "" if len(each.cells) == 1 else f"{cell['cell_id']}_"
-            kept.extend(_cell_properties(cell, scenario, prefix))
-        kept.append((f"{PROPERTY_PREFIX}results", str(each.path)))
-    item.user_properties[:] = kept
+            properties.extend(_cell_properties(cell, scenario, prefix))
+        properties.append((f"{PROPERTY_PREFIX}results", str(each.path)))
+    item.stash[_PROPERTIES] = properties
+    if junit_suite_properties(item.config):
+        return
+    kept = [(name, value) for name, value in item.user_properties
+            if not (isinstance(name, str) and name.startswith(PROPERTY_PREFIX))]
+    item.user_properties[:] = kept + properties
+
+
+def recorded_properties(item: pytest.Item) -> list[tuple[str, object]]:
+    """The walstress properties recorded on a test item (its report's ``walstress_properties``)."""
+    recorded: list[tuple[str, object]] | None = item.stash.get(_PROPERTIES, None)
+    return list(recorded or [])
+
+
+def junit_suite_properties(config: pytest.Config) -> bool:
+    """True when JUnit XML is written in a family without test case properties (xunit2, the default)."""
+    if not config.getoption("xmlpath", None):
+        return False
+    try:
+        return config.getini("junit_family") == "xunit2"
+    except ValueError:  # the junitxml plugin is disabled
+        return False
 
 
 def _fail_if_mismatch(result: Result, expect: str | None = None) -> None:
@@ -265,9 +415,10 @@ def _fail_if_mismatch(result: Result, expect: str | None = None) -> None:
 class WalstressRunner:
     """The ``walstress_run`` fixture: run scenarios inside a test."""
 
-    def __init__(self, item: pytest.Item, tmp_path: Path):
+    def __init__(self, item: pytest.Item, tmp_path: Path, cache_dir: Path):
         self._item = item
         self._tmp_path = tmp_path
+        self._cache_dir = cache_dir
         self._count = 0
 
     def __call__(self, source: str | Path | dict, *overrides: str, expect: str | None = None,
@@ -276,7 +427,7 @@ class WalstressRunner:
                    self._item.config.invocation_params.dir]
         self._count += 1
         out_dir = self._tmp_path / f"walstress-{self._count}"
-        result = _run_scenario(self._item.config, _resolve_source(source, anchors),
+        result = _run_scenario(self._cache_dir, _resolve_source(source, anchors),
                                _overrides(overrides, expect), out_dir, duration=duration, repeat=repeat)
         record_result(self._item, result)
         if check:
@@ -290,6 +441,7 @@ class WalstressRunner:
 
     def rejudge(self, result: Result) -> Result:
         """Judge every run of a finished result again from its run dirs (history + database)."""
+        from walstress.api import Result
         from walstress.runner import rejudge_dir
 
         data = rejudge_dir(result.path.parent)
@@ -299,15 +451,16 @@ class WalstressRunner:
 
 
 @pytest.fixture
-def walstress_run(request: pytest.FixtureRequest, tmp_path: Path) -> WalstressRunner:
+def walstress_run(request: pytest.FixtureRequest, tmp_path: Path,
+                  tmp_path_factory: pytest.TempPathFactory) -> WalstressRunner:
     """Run a walstress scenario (file or dict, with overrides) in the test's tmp dir."""
-    return WalstressRunner(request.node, tmp_path)
+    return WalstressRunner(request.node, tmp_path, template_cache_dir(request.config, tmp_path_factory))
 
 
 @pytest.fixture
-def walstress_template(request: pytest.FixtureRequest, tmp_path: Path):
+def walstress_template(request: pytest.FixtureRequest, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory):
     """``walstress_template(schema="minimal", pages=2000, page_size=4096, seed=0, copy=False)`` -> Path."""
-    config = request.config
+    cache_dir = template_cache_dir(request.config, tmp_path_factory)
     copies = iter(range(1, 1_000_000))
 
     def get(schema: str = "minimal", pages: int = 2000, page_size: int = 4096, seed: int = 0, *,
@@ -315,7 +468,7 @@ def walstress_template(request: pytest.FixtureRequest, tmp_path: Path):
         from walstress.database.template import copy_template, get_template
 
         path, _built = get_template(schema=schema, pages=pages, page_size=page_size, seed=seed,
-                                    cache_dir=template_cache_dir(config))
+                                    cache_dir=cache_dir)
         if not copy:
             return path
         dest = tmp_path / f"template-{next(copies)}-{path.name}"
@@ -325,7 +478,7 @@ def walstress_template(request: pytest.FixtureRequest, tmp_path: Path):
     return get
 
 
-def _marker_result(item: pytest.Item) -> Result:
+def _marker_result(item: pytest.Item, tmp_path_factory: pytest.TempPathFactory) -> Result:
     """Run the scenario of the item's walstress marker once; later calls reuse the result."""
     cached = item.stash.get(_MARKER_RESULT, None)
     if cached is not None:
@@ -341,8 +494,8 @@ def _marker_result(item: pytest.Item) -> Result:
                                 f"{', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
     overrides = list(positional) + list(marker.kwargs.get("overrides", ())) + list(marker.kwargs.get("set", ()))
     anchors = [Path(str(item.path)).parent, item.config.rootpath, item.config.invocation_params.dir]
-    out_dir = _tmp_factory(item.config).mktemp(f"walstress-{_safe_name(item.name)}-", numbered=True)
-    result = _run_scenario(item.config, _resolve_source(source, anchors),
+    out_dir = tmp_path_factory.mktemp(f"walstress-{_safe_name(item.name)}-", numbered=True)
+    result = _run_scenario(template_cache_dir(item.config, tmp_path_factory), _resolve_source(source, anchors),
                            _overrides(overrides, marker.kwargs.get("expect")), out_dir,
                            duration=marker.kwargs.get("duration"), repeat=marker.kwargs.get("repeat"))
     record_result(item, result)
@@ -351,18 +504,27 @@ def _marker_result(item: pytest.Item) -> Result:
 
 
 @pytest.fixture
-def walstress_result(request: pytest.FixtureRequest) -> Result:
-    """The result of the test's ``@pytest.mark.walstress`` scenario."""
+def walstress_result(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Result:
+    """The result of the test's ``@pytest.mark.walstress`` scenario (run while the test is set up)."""
     if request.node.get_closest_marker(MARKER) is None:
         raise pytest.UsageError(f"{request.node.nodeid}: walstress_result needs @pytest.mark.{MARKER}(...)")
-    return _marker_result(request.node)
+    return _marker_result(request.node, tmp_path_factory)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A marked test sets up ``walstress_result`` (which runs the scenario), whether it asks for it or not."""
+    for item in items:
+        if isinstance(item, pytest.Function) and item.get_closest_marker(MARKER) is not None \
+                and "walstress_result" not in item.fixturenames:
+            item.fixturenames = [*item.fixturenames, "walstress_result"]  # not the list shared by parametrized tests
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_call(item: pytest.Item) -> None:
     """A marked test fails before its body runs when a verdict differs from the expectation."""
-    if isinstance(item, pytest.Function) and item.get_closest_marker(MARKER) is not None:
-        _fail_if_mismatch(_marker_result(item))
+    result = item.stash.get(_MARKER_RESULT, None)
+    if result is not None:
+        _fail_if_mismatch(result)
 
 
 # ------------------------------------------------- scenario files as test items
@@ -375,13 +537,23 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Col
     return ScenarioFile.from_parent(parent, path=file_path)
 
 
-class ScenarioFile(pytest.File):
-    """A scenario TOML file: one item per matrix cell."""
+class ScenarioFile(pytest.Module):
+    """A scenario TOML file: one item per matrix cell.
+
+    A :class:`pytest.Module` (of an empty module, nothing imported) so that its cells are test functions
+    to fixtures of every scope, a conftest's module-scoped autouse fixtures included.
+    """
+
+    def _getobj(self) -> Any:
+        import types
+
+        return types.ModuleType(f"walstress_scenario_{_safe_name(self.path.stem)}")
 
     def _overrides(self) -> list[str]:
         """--walstress-set, and --walstress-duration as the override duration=X (collected and run alike)."""
-        overrides = [str(o) for o in self.config.getoption("walstress_set") or []]
-        duration = self.config.getoption("walstress_duration")
+        settings = settings_of(self.config)
+        overrides = list(settings.overrides)
+        duration = settings.duration
         if duration is not None:
             overrides.append(f"duration={duration}")
         return overrides
@@ -398,12 +570,20 @@ class ScenarioFile(pytest.File):
         for cell in cells:
             label = _safe_name(cell.label.replace(" ", ","), limit=80) if cell.params else ""
             name = f"{cell.cell_id}[{label}]" if label else cell.cell_id
-            yield ScenarioCell.from_parent(self, name=name, cell_index=cell.index, label=cell.label,
-                                           expect=cell.scenario.expect)
+            yield ScenarioCell.from_parent(self, name=name, callobj=_cell_fixtures, cell_index=cell.index,
+                                           label=cell.label, expect=cell.scenario.expect)
 
 
-class ScenarioCell(pytest.Item):
-    """One matrix cell of a scenario file: its runs, judged against its ``expect``."""
+def _cell_fixtures(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The fixtures a scenario cell sets up (its signature is what counts)."""
+
+
+class ScenarioCell(pytest.Function):
+    """One matrix cell of a scenario file: its runs, judged against its ``expect``.
+
+    A :class:`pytest.Function` (of :func:`_cell_fixtures`) only to set up fixtures: ``tmp_path_factory``
+    gives its run dirs and the session's template cache.
+    """
 
     def __init__(self, *, cell_index: int, label: str, expect: str, **kwargs: Any):
         super().__init__(**kwargs)
@@ -413,9 +593,9 @@ class ScenarioCell(pytest.Item):
 
     def _out_dir(self) -> Path:
         stem = _safe_name(f"{self.path.stem}-cell-{self.cell_index:03d}", limit=60)
-        root = self.config.getoption("walstress_out")
+        root = settings_of(self.config).out
         if not root:
-            return _tmp_factory(self.config).mktemp(f"{stem}-", numbered=True)
+            return self._factory().mktemp(f"{stem}-", numbered=True)
         base = Path(root)
         base.mkdir(parents=True, exist_ok=True)
         for suffix in range(1000):
@@ -427,11 +607,14 @@ class ScenarioCell(pytest.Item):
                 continue
         raise RuntimeError(f"no free run folder for {stem} under {base}")
 
+    def _factory(self) -> pytest.TempPathFactory:
+        return self.funcargs["tmp_path_factory"]  # type: ignore[return-value]
+
     def runtest(self) -> None:
         parent = self.parent
         assert isinstance(parent, ScenarioFile)
-        result = _run_scenario(self.config, self.path, parent._overrides(), self._out_dir(),
-                               repeat=self.config.getoption("walstress_repeat"), cell_index=self.cell_index)
+        result = _run_scenario(template_cache_dir(self.config, self._factory()), self.path, parent._overrides(),
+                               self._out_dir(), repeat=settings_of(self.config).repeat, cell_index=self.cell_index)
         record_result(self, result)
         _fail_if_mismatch(result)
 
@@ -453,6 +636,9 @@ class ScenarioCell(pytest.Item):
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Any:
     outcome = yield
     report = outcome.get_result()
+    properties = item.stash.get(_PROPERTIES, None)
+    if properties and (report.when == "call" or (report.when == "setup" and report.failed)):
+        setattr(report, REPORT_ATTRIBUTE, [list(pair) for pair in properties])  # crosses xdist as JSON
     results = item.stash.get(_RESULTS, None)
     if not results or not report.failed:
         return
@@ -466,17 +652,35 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Any:
             report.longrepr = f"{text}\n{block}"
 
 
-class _Summary:
-    """Collects one line per walstress test report (on the xdist controller too) for the summary."""
+def _junit_suite_writer(config: pytest.Config) -> Any:
+    """The ``add_global_property`` of this process's JUnit XML writer (what ``record_testsuite_property``
+    calls), when the XML is written here in a family without test case properties; else None."""
+    if not junit_suite_properties(config) or hasattr(config, "workerinput"):
+        return None
+    for plugin in config.pluginmanager.get_plugins():
+        add = getattr(plugin, "add_global_property", None)
+        if callable(add):
+            return add
+    return None
 
-    def __init__(self) -> None:
+
+class _Summary:
+    """Per walstress test report (on the xdist controller too): one summary line, and under xunit2 the
+    JUnit XML test suite's properties."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
         self.lines: list[str] = []
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        if report.when != "call":
+        pairs = getattr(report, REPORT_ATTRIBUTE, None)
+        if not pairs:
             return
-        props = {name[len(PROPERTY_PREFIX):]: value for name, value in report.user_properties
-                 if isinstance(name, str) and name.startswith(PROPERTY_PREFIX)}
+        add = _junit_suite_writer(self.config)
+        if add is not None:
+            for name, value in pairs:
+                add(f"{report.nodeid}::{name}", value)
+        props = {name[len(PROPERTY_PREFIX):]: value for name, value in pairs}
         if "verdict" not in props:
             return
         self.lines.append(
