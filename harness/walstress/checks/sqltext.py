@@ -23,6 +23,10 @@ def error_text(exc: BaseException) -> str:
     """The message of an SQLite error, also when its bytes were not valid UTF-8."""
     if isinstance(exc, UnicodeDecodeError) and isinstance(exc.object, (bytes, bytearray)):
         return bytes(exc.object).decode("utf-8", "replace")
+    if isinstance(exc, sqlite3.Error) and not exc.args:
+        # Python 3.10's sqlite3 drops a message it cannot decode and raises the error with no text
+        # (SQLite itself never gives an empty message)
+        return f"{type(exc).__name__} (SQLite's message was not valid UTF-8, and this Python drops it)"
     return str(exc) or type(exc).__name__
 
 
