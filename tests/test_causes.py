@@ -16,6 +16,7 @@ import pytest
 from walstress.checks.causes import attribute, cause_text, has_wal_reset_race, hazards_seen
 from walstress.checks.findings import RunEvidence
 from walstress.checks.integrity import run_integrity
+from walstress.history import first_corruption_error
 from walstress.layout import RunLayout
 from walstress.runner import cause_matches
 
@@ -37,8 +38,8 @@ def lock_lost(t: float, worker: str = "writer-1", pid: int = 11) -> dict:
             "which": "database", "still_held": ["DMS(r)"], "msg": f"{worker} has state.db ... no POSIX lock"}
 
 
-def corruption_error(t: float) -> dict:
-    return {"type": "op", "t": GO + t, "worker": "opener-0", "kind": "read", "ok": False, "err": "corrupt"}
+def corruption_error(t: float, ms: float = 0.0) -> dict:
+    return {"type": "op", "t": GO + t, "ms": ms, "worker": "opener-0", "kind": "read", "ok": False, "err": "corrupt"}
 
 
 WATCHED = {"type": "lock_watch", "t": GO + 30, "hz": 20, "samples": 600, "cpu_s": 0.1, "core_share": 0.003}
@@ -64,6 +65,17 @@ def test_a_lock_loss_seen_within_one_sample_after_the_first_error_may_have_come_
     late = attribute(evidence(tmp_path, [corruption_error(1.0), lock_lost(1.08), WATCHED], scenario=watched),
                      "corrupt")
     assert late["cause"]["id"] == "unknown"
+
+
+def test_an_error_is_dated_when_sqlite_reported_it_not_when_its_operation_began(tmp_path):
+    # a write that waited 1.67 s on a lock began before the lock was lost and failed after it: the loss
+    # still comes first (records are dated by when an operation began)
+    run = evidence(tmp_path, [corruption_error(0.37, ms=1666.0), lock_lost(1.5), WATCHED])
+    out = attribute(run, "corrupt")
+    assert out["cause"]["id"] == "lock_lost", out["cause"]
+    assert "0.54 s before the first corruption error" in out["cause"]["sentence"]
+    first = first_corruption_error([corruption_error(0.37, ms=1666.0), corruption_error(1.0, ms=10.0)])
+    assert first is not None and first["t"] == GO + 1.0
 
 
 def test_evidence_after_the_damage_is_no_cause_and_unknown_is_not_replaced_by_a_guess(tmp_path):

@@ -109,6 +109,18 @@ def read_history(history_dir: str | Path) -> list[dict[str, Any]]:
     return records
 
 
+def ended_at(rec: dict[str, Any]) -> float:
+    """When an operation or checkpoint ended, so when its error was seen: ``t`` is when it began, and one
+    that waited on a lock began long before SQLite said anything."""
+    return float(rec["t"]) + float(rec.get("ms") or 0.0) / 1000.0
+
+
+def first_corruption_error(records: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The operation or checkpoint whose corruption error SQLite reported first (by when it ended)."""
+    failed = [r for r in records if r.get("type") in ("op", "checkpoint") and r.get("err") == "corrupt"]
+    return min(failed, key=ended_at, default=None)
+
+
 def by_type(records: list[dict[str, Any]], *types: str) -> list[dict[str, Any]]:
     wanted = set(types)
     return [r for r in records if r.get("type") in wanted]

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from walstress.history import read_history
+from walstress.history import ended_at, first_corruption_error, read_history
 from walstress.metrics import percentile
 
 KINDS = ("write", "read", "checkpoint", "open")
@@ -132,14 +132,15 @@ def load_run(run_dir: str | Path) -> RunData:
     workers: dict[str, dict[str, Any]] = {}
     notes: list[str] = []
     events: list[dict[str, Any]] = []
+    failed = first_corruption_error(records)
+    if failed is not None:  # marked when SQLite said it: when the operation ended
+        events.append({"kind": "corruption_error", "t": ended_at(failed) - t0, "worker": failed.get("worker"),
+                       "file": None})
     for rec in records:
         kind = rec.get("type")
         t = float(rec.get("t", t0)) - t0
         if kind in EVENT_KINDS:
             events.append({"kind": kind, "t": t, "worker": rec.get("worker"), "file": rec.get("file")})
-        if kind in ("op", "checkpoint") and rec.get("err") == "corrupt" and \
-                not any(e["kind"] == "corruption_error" for e in events):
-            events.append({"kind": "corruption_error", "t": t, "worker": rec.get("worker"), "file": None})
         if kind == "op":
             k = str(rec.get("kind", "?"))
             op_t.setdefault(k, []).append(t)
