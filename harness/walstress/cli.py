@@ -335,6 +335,20 @@ def _end_with_verdict(args: argparse.Namespace, data: dict[str, Any]) -> int:
     return EXIT_OK if data.get("ok") else EXIT_MISMATCH
 
 
+def _tell_runs(args: argparse.Namespace, data: dict[str, Any]) -> None:
+    """With -v: every run's verdict and reason, one line each."""
+    if not args.verbose:
+        return
+    from walstress.console import paint_verdict
+
+    stream = _people(args)
+    for cell in data.get("cells", []):
+        for run in cell["results"]:
+            verdict = paint_verdict(run["verdict"].upper(), run["verdict"], stream)
+            print(f"  {cell['cell_id']}/run-{run.get('repeat_index', 0):03d}: {verdict}: {run['reason']}",
+                  file=stream)
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from walstress.api import load_scenario, run
     from walstress.console import Console, summary_table
@@ -393,6 +407,8 @@ def _cmd_build(args: argparse.Namespace) -> int:
     except FileExistsError as exc:
         name = exc.filename or str(exc)
         raise UsageError(f"{name} exists; choose another --out or remove it") from None
+    if args.verbose:
+        say(f"  schema {info['schema']}, seed {info['seed']}, SQLite {info['sqlite_version']}")
     if _as_json(args):
         _print_json(info)
     line = (f"built {info['path']}: {info['pages']:,} pages of {info['page_size']} bytes, "
@@ -436,6 +452,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     if data.get("cells"):
         from walstress.console import summary_table
 
+        _tell_runs(args, data)
         _tell(args, summary_table(data))
     elif data.get("run"):
         from walstress.console import paint_verdict
@@ -458,6 +475,7 @@ def _cmd_merge(args: argparse.Namespace) -> int:
     _after_run(data, out)
     from walstress.console import summary_table
 
+    _tell_runs(args, data)
     _tell(args, summary_table(data))
     if data.get("missing_cells"):
         _tell(args, f"missing cells (no shard ran them): {', '.join(data['missing_cells'])}")
