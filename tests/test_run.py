@@ -189,7 +189,8 @@ def test_report_again_keeps_the_run_times_and_the_verdict(clean_run, capsys):
     # one run dir: judged and reported on its own, the verdict printed
     run_dir = Path(after["cells"][0]["results"][0]["run_dir"])
     assert cli_main(["report", str(run_dir)]) == 0
-    assert capsys.readouterr().out.splitlines()[-2].startswith("CLEAN: ")
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-3].startswith("CLEAN: ") and lines[-1] == "walstress: 1 run, 1 as expected: 1 clean"
 
 
 def test_walstress_run_keeps_a_database_only_when_the_run_failed(tmp_path, cache_dir):

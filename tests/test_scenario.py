@@ -169,6 +169,6 @@ def test_cli_version_and_usage_errors(capsys):
         cli_main(["--version"])
     assert info.value.code == 0 and capsys.readouterr().out.startswith("walstress ")
     assert cli_main([]) == 2
-    assert capsys.readouterr().err == "walstress: the following arguments are required: command (see 'walstress --help')\n"
+    assert capsys.readouterr().err == "walstress: the following arguments are required: COMMAND (see 'walstress --help')\n"
     assert cli_main(["run"]) == 2
     assert "run: the following arguments are required: scenario" in capsys.readouterr().err

@@ -1,7 +1,13 @@
-"""What a run prints while it works: progress, then a summary table."""
+"""What a run prints while it works: progress, then a summary table, then one verdict line.
+
+Terminal escapes (the live progress line, colour) only reach a terminal whose
+TERM is not ``dumb``; colour is also off when ``NO_COLOR`` is set to anything
+but the empty string (https://no-color.org).
+"""
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -19,6 +25,35 @@ def human_bytes(value: float | int | None) -> str:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     return f"{value:.1f} GiB"
+
+
+def escapes_ok(stream: Any) -> bool:
+    """True when ``stream`` is a terminal that understands escapes (not TERM=dumb)."""
+    try:
+        tty = bool(stream.isatty())
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
+    return tty and os.environ.get("TERM", "") != "dumb"
+
+
+def colour_ok(stream: Any) -> bool:
+    return escapes_ok(stream) and not os.environ.get("NO_COLOR")
+
+
+_COLOURS = {"green": "32", "red": "31", "yellow": "33"}
+VERDICT_COLOURS = {"clean": "green", "healthy": "green", "corrupt": "red", "damaged": "red",
+                   "lost-writes": "red", "errors": "yellow", "error": "yellow"}
+
+
+def paint(text: str, colour: str | None, stream: Any) -> str:
+    """``text`` in ``colour`` when ``stream`` takes colour, else unchanged."""
+    if not colour or not colour_ok(stream):
+        return text
+    return f"\x1b[{_COLOURS[colour]}m{text}\x1b[0m"
+
+
+def paint_verdict(text: str, verdict: str, stream: Any) -> str:
+    return paint(text, VERDICT_COLOURS.get(verdict.lower()), stream)
 
 
 class _HistoryTail:
@@ -63,11 +98,14 @@ class _HistoryTail:
 class Console:
     """Live progress on a terminal; plain periodic lines otherwise (CI logs stay short)."""
 
-    def __init__(self, stream: TextIO | None = None, *, quiet: bool = False, plain_every_s: float = 10.0):
+    def __init__(self, stream: TextIO | None = None, *, quiet: bool = False, plain_every_s: float = 10.0,
+                 verbose: int = 0):
         self.stream = stream or sys.stderr
         self.quiet = quiet
-        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
-        self.plain_every_s = plain_every_s
+        self.verbose = verbose
+        self.tty = escapes_ok(self.stream)
+        # verbose: a progress line every 2 s instead of every 10 s where no live line can be drawn
+        self.plain_every_s = min(plain_every_s, 2.0) if verbose else plain_every_s
         self._last_plain = 0.0
         self._line_open = False
         self._tail = _HistoryTail()
@@ -133,8 +171,11 @@ class Console:
     def run_finished(self, cell: Any, index: int, result: dict[str, Any]) -> None:
         writes = result["writes"]
         partial = "  PARTIAL" if result.get("partial") else ""
-        self._print(f"  -> {result['verdict'].upper()}{partial}: {result['reason']}  "
+        verdict = paint_verdict(result["verdict"].upper(), result["verdict"], self.stream)
+        self._print(f"  -> {verdict}{partial}: {result['reason']}  "
                     f"(acknowledged rows {writes['acked']}, lost {writes['lost']}, WAL peak {human_bytes(result['wal_peak_bytes'])})")
+        if self.verbose:
+            self._print(f"     run dir {result.get('run_dir', '-')}, {result.get('duration_s', 0.0):.1f} s")
         cause = cause_text(result)
         if cause:
             self._print(f"     {cause}")
@@ -166,3 +207,48 @@ def summary_table(results: dict[str, Any]) -> str:
     lines.append("(clean, corrupt, lost-writes, errors: runs with that verdict; WAL peak and write latency: "
                  "the worst run of the cell)")
     return "\n".join(lines)
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
+def verdict_line(results: dict[str, Any], stream: Any = None) -> str:
+    """The one line a run, a report or a merge ends with: runs, how many as expected, the verdicts.
+
+    ``walstress: 8 runs, 8 as expected: 6 clean, 2 corrupt``; when a run or a
+    cell is not as expected, how many and which cells (a cell can miss its
+    expectation with every run as expected, e.g. when the named cause is not
+    the one found).
+    """
+    stream = stream or sys.stdout
+    if results.get("run") and not results.get("cells"):  # one run dir judged again
+        run = results["run"]
+        ok = bool(results.get("ok"))
+        counts = {run["verdict"]: 1}
+        runs, matching, bad_cells = 1, int(ok), []
+        expect_note = f" (expected {results.get('expect', 'clean')})" if not ok else ""
+    else:
+        cells = results.get("cells", [])
+        counts = {}
+        for name, key in (("clean", "clean"), ("corrupt", "corrupt"), ("lost-writes", "lost"), ("errors", "errors")):
+            counts[name] = sum(c.get(key, 0) for c in cells)
+        runs = sum(c["runs"] for c in cells)
+        matching = sum(c.get("matching", c["runs"] if c["matches_expect"] else 0) for c in cells)
+        bad_cells = [f"{c['cell_id']} expected {c['expect']}" for c in cells if not c["matches_expect"]]
+        expect_note = ""
+    if not runs:  # nothing judged: not as expected either
+        missing = f" ({len(results['missing_cells'])} cells not run by any shard)" if results.get("missing_cells") else ""
+        return paint(f"walstress: 0 runs{missing}: nothing was judged", "red", stream)
+    verdicts = ", ".join(paint_verdict(f"{n} {name}", name, stream) for name, n in counts.items() if n)
+    as_expected = paint(f"{matching} as expected", "green" if matching == runs and not bad_cells else None, stream)
+    missed = paint(f", {runs - matching} not", "red", stream) if matching < runs else ""
+    line = f"walstress: {_plural(runs, 'run')}, {as_expected}{missed}{expect_note}: {verdicts}"
+    if bad_cells:
+        shown = ", ".join(bad_cells[:5]) + (", ..." if len(bad_cells) > 5 else "")
+        line += paint(f"; {_plural(len(bad_cells), 'cell')} not as expected ({shown})", "red", stream)
+    if results.get("missing_cells"):
+        line += f"; {_plural(len(results['missing_cells']), 'cell')} not run by any shard"
+    if results.get("partial"):
+        line += "; partial results (a run or the controller was cut short)"
+    return line

@@ -113,8 +113,11 @@ def locks_line(rec: dict[str, Any], t0: float) -> str:
 
 def watch(pids: list[int], *, hz: float = 20.0, duration: float | None = None, children: bool = False,
           as_json: bool = False, show_locks: bool = False, out: TextIO = sys.stdout,
-          stop: Callable[[], bool] | None = None) -> int:
-    """Watch until every process has exited, ``duration`` has passed, ``stop()`` says so or Ctrl-C."""
+          stop: Callable[[], bool] | None = None, quiet: bool = False) -> int:
+    """Watch until every process has exited, ``duration`` has passed, ``stop()`` says so or Ctrl-C.
+
+    ``quiet``: the hazards as they happen and the summary line, nothing else.
+    """
     why_not = available()
     if why_not:
         raise WalstressError(f"watch: {why_not}")
@@ -134,8 +137,8 @@ def watch(pids: list[int], *, hz: float = 20.0, duration: float | None = None, c
             if as_json:
                 line: str | None = json.dumps(rec, default=str)
             elif kind == "locks":
-                line = locks_line(rec, t0) if show_locks else None
-            elif kind == "lock_watch":
+                line = locks_line(rec, t0) if show_locks and not quiet else None
+            elif kind == "lock_watch" or (quiet and kind not in HAZARDS):
                 line = None
             else:
                 line = human_line(rec, t0)
@@ -143,7 +146,7 @@ def watch(pids: list[int], *, hz: float = 20.0, duration: float | None = None, c
                 print(line, file=out, flush=True)
 
     names = ", ".join(f"{name}" for name in targets())
-    if not as_json:
+    if not as_json and not quiet:
         print(f"watching {names} at {hz:g} Hz{' (and children)' if children else ''}; read-only; "
               f"{'for ' + format(duration, 'g') + ' s' if duration else 'until the processes exit or Ctrl-C'}",
               file=out, flush=True)
