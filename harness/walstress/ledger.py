@@ -75,8 +75,26 @@ def row_crc(values: Mapping[str, Any], names: Iterable[str] | None = None) -> in
         (only,) = values.values()
         if only is None or isinstance(only, str):
             return content_crc(only)  # the built-in roles' checksum of a messages row's content
-    parts = [name.encode() + b"=" + _encode_value(values[name]) for name in (names or sorted(values))]
-    return zlib.crc32(b"\x1f".join(parts))
+    parts = []
+    for name in names or sorted(values):
+        value = values[name]
+        kind = type(value)   # the common storage classes by their exact type; the rest as _encode_value says
+        encoded = (b"\x00int:" + str(value).encode() if kind is int else value.encode("utf-8", "surrogatepass")
+                   if kind is str else b"\x00blob:" + value if kind is bytes else _encode_value(value))
+        parts.append(_COLUMN_PREFIXES.get(name) or _column_prefix(name))
+        parts.append(encoded)
+    return zlib.crc32(b"".join(parts)[1:])
+
+
+_COLUMN_PREFIXES: dict[str, bytes] = {}
+
+
+def _column_prefix(name: str) -> bytes:
+    """``\\x1f<name>=``, made once per column name (the checksum joins columns with \\x1f)."""
+    if len(_COLUMN_PREFIXES) > 4096:
+        _COLUMN_PREFIXES.clear()
+    prefix = _COLUMN_PREFIXES[name] = b"\x1f" + name.encode() + b"="
+    return prefix
 
 
 def key_text(key: Any) -> str:
@@ -162,7 +180,10 @@ class RowOp:
         """A row written with these column values (None: only that the row exists)."""
         values = row or {}
         names = tuple(sorted(values))
-        return cls("W", table, _plain_key(key), row_crc(values, names) if values else None, names)
+        op = object.__new__(cls)   # the fields are known good here: no __post_init__ check (once a transaction)
+        op.action, op.table, op.key, op.cols = "W", table, _plain_key(key), names
+        op.crc = row_crc(values, names) if values else None
+        return op
 
     @classmethod
     def deleted(cls, table: str, key: Any) -> "RowOp":
@@ -202,6 +223,8 @@ _JSON_TEXTS: dict[Any, str] = {}
 
 
 def _json_compact(value: Any) -> str:
+    if type(value) is str and value.isascii() and value.isprintable() and '"' not in value and "\\" not in value:
+        return f'"{value}"'   # what json.dumps gives for such text, without its machinery
     return json.dumps(value, separators=(",", ":"), ensure_ascii=True)
 
 
@@ -229,6 +252,8 @@ AnyOp = Union[LedgerOp, RowOp]
 
 
 def encode_ops(ops: Iterable[AnyOp]) -> str:
+    if type(ops) is list and len(ops) == 1 and type(ops[0]) is RowOp:
+        return "J[" + ops[0].encode() + "]"   # a user transaction's usual one row
     ops = list(ops)
     if ops and all(isinstance(op, LedgerOp) for op in ops):
         return " ".join(op.encode() for op in ops)  # type: ignore[union-attr]

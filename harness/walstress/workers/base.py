@@ -123,16 +123,20 @@ class Actor:
     # -------------------------------------------------------------- records
     def record_op(self, kind: str, t0: float, m0: float, *, err: BaseException | None = None, **extra: Any) -> None:
         ms = (time.perf_counter() - m0) * 1000.0
-        if err is None and all(type(v) is int for v in extra.values()):
-            # the common case, encoded without a dict and json.dumps (the same JSON: floats by repr)
-            prefix = self._op_prefixes.get(kind)
-            if prefix is None:
-                prefix = self._op_prefixes[kind] = json.dumps(
-                    {"type": "op", "worker": self.name, "thread": self.thread_index, "kind": kind},
-                    separators=(",", ":"))[:-1] + ',"t":'
-            tail = "".join(f',"{k}":{v}' for k, v in extra.items())
-            self.ctx.history.record_line(f'{prefix}{t0!r},"ms":{ms!r},"ok":true,"err":null{tail}}}')
-            return
+        if err is None:
+            tail = ""
+            for k, v in extra.items():
+                if type(v) is not int:
+                    break
+                tail += f',"{k}":{v}'
+            else:  # the common case, encoded without a dict and json.dumps (the same JSON: floats by repr)
+                prefix = self._op_prefixes.get(kind)
+                if prefix is None:
+                    prefix = self._op_prefixes[kind] = json.dumps(
+                        {"type": "op", "worker": self.name, "thread": self.thread_index, "kind": kind},
+                        separators=(",", ":"))[:-1] + ',"t":'
+                self.ctx.history.record_line(f'{prefix}{t0!r},"ms":{ms!r},"ok":true,"err":null{tail}}}')
+                return
         rec = {"type": "op", "worker": self.name, "thread": self.thread_index, "kind": kind,
                "t": t0, "ms": ms, "ok": err is None, "err": None}
         if err is not None:

@@ -42,7 +42,7 @@ import time
 import traceback
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Iterator, Mapping
+from typing import Any, Callable, ClassVar, Iterator, Literal, Mapping
 
 from walstress.ledger import LedgerWriter, RowOp
 from walstress.loading import LoadError, ensure_on_path, load_object
@@ -108,12 +108,55 @@ def check_signature(function: PythonFunction, key: str) -> None:
 
 # ------------------------------------------------------------------- context
 class Transaction:
-    """What a transaction changed, for the ledger: ``wrote`` and ``deleted`` rows."""
+    """``with ctx.transaction(conn) as txn``: BEGIN IMMEDIATE on entry, COMMIT on a clean exit, with the ledger
+    done around it; what the body changed is declared with ``wrote`` and ``deleted``. (A class rather than a
+    generator: it runs once per user transaction, and its own cost is what the ledger adds to the user's.)"""
 
-    def __init__(self, conn: Any, ctx: "PythonContext"):
+    __slots__ = ("conn", "ctx", "ops", "kind", "_t0", "_m0")
+
+    def __init__(self, conn: Any, ctx: "PythonContext", kind: str = "write"):
         self.conn = conn
         self.ctx = ctx
         self.ops: list[RowOp] = []
+        self.kind = kind
+        self._t0 = self._m0 = 0.0
+
+    def __enter__(self) -> "Transaction":
+        self._t0, self._m0 = time.time(), time.perf_counter()
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+        except BaseException as exc:
+            self._failed(exc, None)
+            raise
+        return self
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> Literal[False]:
+        if exc is not None:
+            self._failed(exc, None)
+            return False  # raised again: retrying is the caller's choice
+        ledger = self.ctx.ledger
+        prepared: int | None = None
+        try:
+            if self.ops:
+                prepared = ledger.prepare(self.ops)
+            self.conn.execute("COMMIT")
+        except BaseException as error:
+            self._failed(error, prepared)
+            raise
+        if prepared is not None:
+            ledger.acknowledge(prepared)
+        self.ctx._actor.record_op(self.kind, self._t0, self._m0, rows=len(self.ops))
+        return False
+
+    def _failed(self, exc: BaseException, prepared: int | None) -> None:
+        """Rolled back: failed in the ledger when it certainly was (still open, then not); indeterminate when
+        COMMIT failed in an unclear way. An error is recorded as an operation of this kind."""
+        still_open = _in_transaction(self.conn)
+        _rollback(self.conn)
+        if prepared is not None and still_open and not _in_transaction(self.conn):
+            self.ctx.ledger.fail(prepared)
+        if isinstance(exc, Exception):
+            self.ctx._actor.record_op(self.kind, self._t0, self._m0, err=exc)
 
     def wrote(self, table: str, key: Any, row: Mapping[str, Any] | None = None) -> None:
         """The row of ``table`` with ``key`` now holds ``row`` (column -> value). Without ``row`` the row is
@@ -237,32 +280,12 @@ class PythonContext:
             self._ledger = self._actor.ctx.ledger(self.thread)
         return self._ledger
 
-    @contextmanager
-    def transaction(self, conn: Any, kind: str = "write") -> Iterator[Transaction]:
+    def transaction(self, conn: Any, kind: str = "write") -> Transaction:
         """BEGIN IMMEDIATE ... COMMIT, with the ledger done for you: what the body declares with
         ``txn.wrote`` / ``txn.deleted`` is prepared before COMMIT, acknowledged after it, failed when it
         was rolled back, and indeterminate when COMMIT failed in an unclear way. Errors are recorded
         (as an operation of ``kind``) and raised again; retrying is the caller's choice."""
-        t0, m0 = time.time(), time.perf_counter()
-        txn = Transaction(conn, self)
-        prepared: int | None = None
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            yield txn
-            if txn.ops:
-                prepared = self.ledger.prepare(txn.ops)
-            conn.execute("COMMIT")
-        except BaseException as exc:
-            still_open = _in_transaction(conn)
-            _rollback(conn)
-            if prepared is not None and still_open and not _in_transaction(conn):
-                self.ledger.fail(prepared)
-            if isinstance(exc, Exception):
-                self._actor.record_op(kind, t0, m0, err=exc)
-            raise
-        if prepared is not None:
-            self.ledger.acknowledge(prepared)
-        self._actor.record_op(kind, t0, m0, rows=len(txn.ops))
+        return Transaction(conn, self, kind)
 
     def acknowledged(self, table: str, key: Any, values: Mapping[str, Any] | None = None, *,
                      deleted: bool = False) -> None:
