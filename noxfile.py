@@ -157,7 +157,8 @@ def wheel(session: nox.Session) -> None:
     """Build the wheel, install it with its test extra (not editable) and run the test suite against it:
     what a user installs must hold every module and data file the tests reach."""
     folder = Path(tempfile.mkdtemp(prefix="walstress-wheel-"))
-    session.run("python", "-m", "pip", "wheel", "--no-deps", "--wheel-dir", str(folder), ".", silent=True)
+    session.install("build")   # the standard front end: works in a uv environment (which has no pip) too
+    session.run("python", "-m", "build", "--wheel", "--outdir", str(folder), ".", silent=True)
     (built,) = folder.glob("walstress-*.whl")
     session.install(f"{built}[test]")
     where = session.run("python", "-c", "import walstress; print(walstress.__file__)", silent=True)
