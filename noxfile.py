@@ -148,6 +148,7 @@ def tests(session: nox.Session) -> None:
     install, test = readme_test_command()
     if install[:2] != ["pip", "install"] or test[:3] != ["python", "-m", "pytest"]:
         session.error(f"the README's test command is not 'pip install ... && python -m pytest ...': {install} {test}")
+    session.install("pip")   # walstress installs apsw builds with pip; an environment made by uv has none
     session.install(*install[2:])
     session.run(*test, *session.posargs)
 
@@ -160,7 +161,7 @@ def wheel(session: nox.Session) -> None:
     session.install("build")   # the standard front end: works in a uv environment (which has no pip) too
     session.run("python", "-m", "build", "--wheel", "--outdir", str(folder), ".", silent=True)
     (built,) = folder.glob("walstress-*.whl")
-    session.install(f"{built}[test]")
+    session.install("pip", f"{built}[test]")   # pip: as in the tests session
     where = session.run("python", "-c", "import walstress; print(walstress.__file__)", silent=True)
     if str(ROOT / "harness") in str(where):
         session.error(f"walstress is imported from the source tree ({where.strip()}), not from the wheel")

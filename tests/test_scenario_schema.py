@@ -87,7 +87,9 @@ def test_every_shipped_scenario_is_valid_and_names_the_schema(path, validator):
     assert not errors, errors
     first = text.splitlines()[0]
     assert first.startswith("#:schema "), "the first line tells an editor's TOML server where the schema is"
-    assert (path.parent / first.split(None, 1)[1]).resolve() == SHIPPED.resolve()
+    named = path.parent / first.split(None, 1)[1]   # the source tree's file: the package's when installed from it
+    assert named.resolve() == (ROOT / "harness/walstress/schema/scenario.schema.json").resolve()
+    assert named.read_text() == SHIPPED.read_text()
 
 
 def test_every_key_the_loader_takes_the_schema_takes(validator):

@@ -22,6 +22,8 @@ import pytest
 from walstress import cli, runner
 from walstress.api import load_scenario
 from walstress.runner import run_scenario
+from walstress.errors import EnvironmentProblem
+from walstress.sqlite import versions
 from walstress.sqlite.versions import (
     IndexFile,
     PipLocations,
@@ -323,3 +325,18 @@ def test_wal_reset_race_differential_3_51_2_vs_3_51_3(cache_dir, tmp_path):
     verdicts = {c["params"]["sqlite"]: c["results"][0]["verdict"] for c in results["cells"]}
     assert verdicts == {"3.51.2": "lost-writes", "3.51.3": "clean"}
     assert results["ok"]
+
+
+def test_without_pip_the_indexes_come_from_the_environment_and_an_install_says_what_is_missing(
+        index_server, tmp_path, monkeypatch):
+    # an environment made by uv has no pip: the PIP_* variables still name the indexes, and installing a
+    # version says what to do instead of failing inside a subprocess
+    url, _, _ = index_server
+    monkeypatch.setattr(versions, "_have_pip", lambda: False)
+    for key in [k for k in os.environ if k.startswith("PIP_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("PIP_INDEX_URL", f"{url}/json")
+    assert versions.pip_config_text() == f":env:.index-url='{url}/json'\n"
+    assert available_versions(tmp_path) == ["3.51.3"]
+    with pytest.raises(EnvironmentProblem, match="needs pip, which this Python does not have"):
+        ensure_apsw("3.51.3", tmp_path)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import base64
 import fcntl
+import importlib.util
 import json
 import os
 import platform
@@ -86,7 +87,14 @@ def versions_cache_dir(cache_dir: str | Path | None = None) -> Path:
     return Path(cache_dir) / "sqlite"
 
 
+def _have_pip() -> bool:
+    return importlib.util.find_spec("pip") is not None
+
+
 def _pip(*args: str, timeout: float = PIP_TIMEOUT_SECONDS) -> subprocess.CompletedProcess:
+    if not _have_pip():
+        raise EnvironmentProblem("installing apsw for another SQLite version needs pip, which this Python does not "
+                                 "have (an environment made by uv has none): python -m ensurepip, or uv pip install pip")
     env = dict(os.environ)
     env.setdefault("PIP_DISABLE_PIP_VERSION_CHECK", "1")
     env.setdefault("PIP_NO_INPUT", "1")
@@ -258,6 +266,15 @@ def pip_locations(config_list: str, default_index: str | None) -> PipLocations:
     return PipLocations(indexes, (pick("find-links") or "").split(), pick("cert"))
 
 
+def pip_config_text() -> str:
+    """``pip config list``; without pip, the ``PIP_*`` variables in that form (the indexes a later pip would use)."""
+    if _have_pip():
+        return _pip("config", "list", timeout=60).stdout
+    names = ("index-url", "extra-index-url", "find-links", "no-index", "cert")
+    return "".join(f":env:.{name}='{os.environ[key]}'\n" for name in names
+                   if (key := "PIP_" + name.upper().replace("-", "_")) in os.environ)
+
+
 def _default_index() -> str | None:
     """pip's own default index (pip knows it; walstress does not spell it)."""
     proc = subprocess.run([sys.executable, "-c", "from pip._internal.models.index import PyPI; "
@@ -301,8 +318,7 @@ def _releases(cache_dir: str | Path | None, *, refresh: bool = False) -> dict[st
                 return dict(data["releases"])
         except (OSError, ValueError, KeyError, TypeError):
             pass
-    config = _pip("config", "list", timeout=60)
-    releases, answered, failed = list_releases(pip_locations(config.stdout, _default_index()))
+    releases, answered, failed = list_releases(pip_locations(pip_config_text(), _default_index()))
     source: dict[str, Any] = {"indexes": answered, "failed": failed}
     if not releases:
         try:
@@ -430,8 +446,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--write-shipped", action="store_true", help=f"write the list to {SHIPPED_LIST.name}")
     parser.add_argument("--json", action="store_true", help="print SQLite version -> apsw release as JSON")
     args = parser.parse_args(argv)
-    config = _pip("config", "list", timeout=60)
-    releases, answered, failed = list_releases(pip_locations(config.stdout, _default_index()))
+    releases, answered, failed = list_releases(pip_locations(pip_config_text(), _default_index()))
     for line in failed:
         print(f"walstress: not read: {line}", file=sys.stderr)
     print(f"walstress: read {', '.join(answered) or 'nothing'}", file=sys.stderr)
