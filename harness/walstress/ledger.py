@@ -51,6 +51,13 @@ def content_crc(content: str | bytes | None) -> int:
 def _encode_value(value: Any) -> bytes:
     """One column value, as the checksum sees it: SQLite's storage classes, with integral reals as integers
     (a REAL column reads 1 back as 1.0)."""
+    kind = type(value)   # the common storage classes by their exact type first (a checksum per written row)
+    if kind is int:
+        return b"\x00int:" + str(value).encode()
+    if kind is str:
+        return value.encode("utf-8", "surrogatepass")
+    if kind is bytes:
+        return b"\x00blob:" + value
     if value is None:
         return b"\x00null"
     if isinstance(value, bool):
@@ -77,12 +84,8 @@ def row_crc(values: Mapping[str, Any], names: Iterable[str] | None = None) -> in
             return content_crc(only)  # the built-in roles' checksum of a messages row's content
     parts = []
     for name in names or sorted(values):
-        value = values[name]
-        kind = type(value)   # the common storage classes by their exact type; the rest as _encode_value says
-        encoded = (b"\x00int:" + str(value).encode() if kind is int else value.encode("utf-8", "surrogatepass")
-                   if kind is str else b"\x00blob:" + value if kind is bytes else _encode_value(value))
         parts.append(_COLUMN_PREFIXES.get(name) or _column_prefix(name))
-        parts.append(encoded)
+        parts.append(_encode_value(values[name]))
     return zlib.crc32(b"".join(parts)[1:])
 
 
