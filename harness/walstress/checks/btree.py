@@ -41,6 +41,7 @@ __all__ = [
     "btree_roots",
     "btree_roots_from_file",
     "page_owners",
+    "decode_header",
     "parse_header",
     "read_header",
     "schema_rows_from_file",
@@ -69,11 +70,20 @@ def parse_header(raw: bytes, file_size: int) -> dict:
         raise NotADatabaseError(f"file too short for an SQLite header ({len(raw)} bytes)")
     if not raw.startswith(HEADER_MAGIC):
         raise NotADatabaseError("header string 'SQLite format 3' missing")
+    fields = decode_header(raw, file_size)
+    if not fields["page_size_valid"]:
+        raise NotADatabaseError(f"invalid page size {fields['page_size']} in header")
+    return fields
+
+
+def decode_header(raw: bytes, file_size: int) -> dict:
+    """The fields of a 100-byte header as they are, in range or not (``page_size_valid`` says whether the
+    page size is one SQLite can have; counts that depend on it are then taken from the header alone);
+    ``text_encoding_code`` is the raw encoding field."""
     page_size = struct.unpack_from(">H", raw, 16)[0]
     if page_size == 1:
         page_size = 65536
-    if page_size < 512 or page_size > 65536 or page_size & (page_size - 1):
-        raise NotADatabaseError(f"invalid page size {page_size} in header")
+    page_size_valid = 512 <= page_size <= 65536 and not page_size & (page_size - 1)
     (write_version, read_version, reserved_bytes, max_frac, min_frac, leaf_frac) = (
         struct.unpack_from(">6B", raw, 18)
     )
@@ -81,12 +91,13 @@ def parse_header(raw: bytes, file_size: int) -> dict:
      schema_format, default_cache_size, largest_root, text_encoding, user_version,
      incremental_vacuum, application_id) = struct.unpack_from(">12I", raw, 24)
     version_valid_for, sqlite_version_number = struct.unpack_from(">II", raw, 92)
-    file_pages = file_size // page_size
+    file_pages = file_size // page_size if page_size_valid else 0
     # The in-header size is only trusted when it was written by a version
     # that maintains it (change counter matches "version valid for").
     page_count_valid = page_count_header > 0 and change_counter == version_valid_for
     return {
         "page_size": page_size,
+        "page_size_valid": page_size_valid,
         "usable_size": page_size - reserved_bytes,
         "reserved_bytes": reserved_bytes,
         "write_version": write_version,
@@ -108,6 +119,7 @@ def parse_header(raw: bytes, file_size: int) -> dict:
         "incremental_vacuum": incremental_vacuum != 0,
         "largest_root_page": largest_root,
         "text_encoding": _ENCODINGS.get(text_encoding, f"unknown({text_encoding})"),
+        "text_encoding_code": text_encoding,
         "user_version": user_version,
         "application_id": application_id,
         "version_valid_for": version_valid_for,

@@ -20,7 +20,7 @@ import struct
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from walstress.checks.btree import HEADER_MAGIC
+from walstress.checks.btree import HEADER_MAGIC, decode_header
 
 __all__ = ["header_report", "wal_report"]
 
@@ -51,38 +51,34 @@ def header_report(path: str | os.PathLike[str]) -> dict[str, Any]:
             _guess(f, size, out)
             return out
         damaged = out["damaged_fields"]
-        page_size = struct.unpack_from(">H", raw, 16)[0]
-        page_size = 65536 if page_size == 1 else page_size
-        if page_size not in _PAGE_SIZES:
-            damaged.append(f"page size ({page_size}: not a power of two from 512 to 65536)")
+        fields = decode_header(raw, size)
+        if not fields["page_size_valid"]:
+            damaged.append(f"page size ({fields['page_size']}: not a power of two from 512 to 65536)")
             _guess(f, size, out)
         else:
-            out["page_size"] = page_size
-        write_version, read_version, reserved = raw[18], raw[19], raw[20]
-        if write_version not in (1, 2) or read_version not in (1, 2):
-            damaged.append(f"file format versions ({write_version}, {read_version}: 1 or 2 each)")
-        if tuple(raw[21:24]) != (64, 32, 32):
-            damaged.append(f"payload fractions ({', '.join(str(b) for b in raw[21:24])}: must be 64, 32, 32)")
-        usable = (out["page_size"] or 0) - reserved
-        if out["page_size"] and usable < 480:
-            damaged.append(f"reserved bytes per page ({reserved}: leaves {usable} usable bytes, fewer than 480)")
-        (change, pages, trunk, free, _cookie, schema_format, _cache, _largest, encoding, _uv, _iv, _app) = \
-            struct.unpack_from(">12I", raw, 24)
-        valid_for = struct.unpack_from(">I", raw, 92)[0]
-        if schema_format not in (1, 2, 3, 4):
-            damaged.append(f"schema format ({schema_format}: 1 to 4)")
-        if encoding not in (1, 2, 3):
-            damaged.append(f"text encoding ({encoding}: 1, 2 or 3)")
+            out["page_size"] = fields["page_size"]
+        if fields["write_version"] not in (1, 2) or fields["read_version"] not in (1, 2):
+            damaged.append(f"file format versions ({fields['write_version']}, {fields['read_version']}: 1 or 2 each)")
+        if fields["payload_fractions"] != [64, 32, 32]:
+            damaged.append(f"payload fractions ({', '.join(map(str, fields['payload_fractions']))}: must be 64, 32, "
+                           "32)")
+        if out["page_size"] and fields["usable_size"] < 480:
+            damaged.append(f"reserved bytes per page ({fields['reserved_bytes']}: leaves {fields['usable_size']} "
+                           "usable bytes, fewer than 480)")
+        if fields["schema_format"] not in (1, 2, 3, 4):
+            damaged.append(f"schema format ({fields['schema_format']}: 1 to 4)")
+        if fields["text_encoding_code"] not in (1, 2, 3):
+            damaged.append(f"text encoding ({fields['text_encoding_code']}: 1, 2 or 3)")
         if out["page_size"]:
-            file_pages = size // out["page_size"]
-            out["file_pages"] = file_pages
-            out["page_count"] = pages if pages and change == valid_for else file_pages
-            if pages and change == valid_for and pages > file_pages:
-                damaged.append(f"page count ({pages} in the header, the file holds {file_pages})")
-            if trunk > out["page_count"]:
-                damaged.append(f"first freelist trunk page ({trunk}, beyond the last page {out['page_count']})")
-            if free > out["page_count"]:
-                damaged.append(f"freelist page count ({free}, more than the {out['page_count']} pages)")
+            out["file_pages"] = file_pages = fields["file_pages"]
+            out["page_count"] = count = fields["page_count"]
+            if fields["page_count_valid"] and fields["page_count_header"] > file_pages:
+                damaged.append(f"page count ({fields['page_count_header']} in the header, the file holds "
+                               f"{file_pages})")
+            if fields["freelist_trunk"] > count:
+                damaged.append(f"first freelist trunk page ({fields['freelist_trunk']}, beyond the last page {count})")
+            if fields["freelist_count"] > count:
+                damaged.append(f"freelist page count ({fields['freelist_count']}, more than the {count} pages)")
             if size % out["page_size"]:
                 out["tail_bytes"] = size % out["page_size"]
         if damaged:
