@@ -229,12 +229,10 @@ def verdict_line(results: dict[str, Any], stream: Any = None) -> str:
         runs, matching, bad_cells = 1, int(ok), []
         expect_note = f" (expected {results.get('expect', 'clean')})" if not ok else ""
     else:
-        cells = results.get("cells", [])
-        counts = {}
-        for name, key in (("clean", "clean"), ("corrupt", "corrupt"), ("lost-writes", "lost"), ("errors", "errors")):
-            counts[name] = sum(c.get(key, 0) for c in cells)
-        runs = sum(c["runs"] for c in cells)
-        matching = sum(c.get("matching", c["runs"] if c["matches_expect"] else 0) for c in cells)
+        totals, cells = results["totals"], results.get("cells", [])   # runner._write_results adds them up
+        counts = {name: totals[key] for name, key in (("clean", "clean"), ("corrupt", "corrupt"),
+                                                      ("lost-writes", "lost"), ("errors", "errors"))}
+        runs, matching = totals["runs"], totals["matching"]
         bad_cells = [f"{c['cell_id']} expected {c['expect']}" for c in cells if not c["matches_expect"]]
         expect_note = ""
     if not runs:  # nothing judged: not as expected either

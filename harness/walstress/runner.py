@@ -296,6 +296,8 @@ def _write_results(results: dict[str, Any], path: Path, started: float, *, keep_
     results["totals"] = {
         "cells": len(results["cells"]),
         "runs": sum(c["runs"] for c in results["cells"]),
+        "matching": sum(c["matching"] for c in results["cells"]),
+        "clean": sum(c["clean"] for c in results["cells"]),
         "corrupt": sum(c["corrupt"] for c in results["cells"]),
         "lost": sum(c["lost"] for c in results["cells"]),
         "errors": sum(c["errors"] for c in results["cells"]),
