@@ -203,7 +203,8 @@ def test_walstress_run_keeps_a_database_only_when_the_run_failed(tmp_path, cache
                         '[matrix]\n"workers.writer.count" = [1, 2]\n'
                         '[[expect_when]]\nmatch = {"workers.writer.count" = 2}\nexpect = "damaged"\n')
     base = [sys.executable, "-m", "walstress", "run", str(scenario), "--quiet", "--cache-dir", str(cache_dir)]
-    subprocess.run([*base, "--out", str(tmp_path / "default")], capture_output=True, timeout=300)
+    first = subprocess.run([*base, "--out", str(tmp_path / "default")], capture_output=True, text=True, timeout=300)
+    assert first.returncode == 1, first.stderr   # cell 2 missed its expectation
     clean, missed = (tmp_path / "default" / "cell-000" / "run-000"), (tmp_path / "default" / "cell-001" / "run-000")
     assert not (clean / "db" / "state.db").exists()
     note = json.loads((clean / "db" / "pruned.json").read_text())
@@ -217,5 +218,18 @@ def test_walstress_run_keeps_a_database_only_when_the_run_failed(tmp_path, cache
                            capture_output=True, text=True, timeout=300)
     cells = json.loads(again.stdout)["cells"]
     assert [c["results"][0]["verdict"] for c in cells] == ["clean", "clean"]
-    subprocess.run([*base, "--out", str(tmp_path / "all"), "--keep", "all"], capture_output=True, timeout=300)
+    kept = subprocess.run([*base, "--out", str(tmp_path / "all"), "--keep", "all"], capture_output=True, text=True,
+                          timeout=300)
+    assert kept.returncode == 1, kept.stderr
     assert (tmp_path / "all" / "cell-000" / "run-000" / "db" / "state.db").is_file()
+
+
+def test_an_output_folder_that_holds_a_run_is_refused_before_anything_runs(tmp_path, cache_dir):
+    # a second run into the same folder would append to the first one's history and ledger
+    data = small_scenario(duration="1s", repeat=1)
+    first = run(data, tmp_path / "out", cache_dir=cache_dir)
+    history = {p.name: p.read_bytes() for p in (tmp_path / "out" / "cell-000" / "run-000" / "history").iterdir()}
+    with pytest.raises(FileExistsError, match="already holds a run"):
+        run(data, tmp_path / "out", cache_dir=cache_dir)
+    after = {p.name: p.read_bytes() for p in (tmp_path / "out" / "cell-000" / "run-000" / "history").iterdir()}
+    assert after == history and first.runs[0]["verdict"] == "clean"

@@ -117,6 +117,10 @@ def summarize_cell(cell_id: str, label: str, params: dict[str, Any], expect: str
     }
 
 
+def _run_dir(out_dir: Path, cell: Cell, index: int) -> Path:
+    return out_dir / cell.cell_id / f"run-{index:03d}"
+
+
 def run_scenario(scenario: Scenario, out_dir: str | Path, *, repeat: int | None = None,
                  cache_dir: str | Path | None = None,
                  console: Any = None, cells_filter: Callable[[list[Cell]], list[Cell]] | None = None,
@@ -144,8 +148,12 @@ def run_scenario(scenario: Scenario, out_dir: str | Path, *, repeat: int | None 
     # Every cell's SQLite is resolved (installed if need be) before anything
     # runs, so that an unknown version fails at once, not after hours.
     _check_causes(cells)
-    cell_sqlite_paths = {cell.cell_id: sqlite_paths_for(cell.scenario) for cell in cells}
     repeats = repeat or scenario.repeat
+    used = next((d for cell in cells for d in (_run_dir(out_dir, cell, i) for i in range(repeats))
+                 if RunLayout(d).is_run_dir()), None)
+    if used is not None:   # before anything runs (execute_run refuses it too)
+        raise FileExistsError(f"{used} already holds a run; give another output folder or remove it")
+    cell_sqlite_paths = {cell.cell_id: sqlite_paths_for(cell.scenario) for cell in cells}
     results: dict[str, Any] = {
         "schema_version": RESULTS_SCHEMA_VERSION,
         "walstress_version": __version__,
@@ -179,7 +187,7 @@ def run_scenario(scenario: Scenario, out_dir: str | Path, *, repeat: int | None 
         template = templates[_template_key(cs)]
         runs: list[dict[str, Any]] = []
         for index in range(repeats):
-            run_dir = out_dir / cell.cell_id / f"run-{index:03d}"
+            run_dir = _run_dir(out_dir, cell, index)
             seed = cs.seed + index
             if console:
                 console.run_started(cell, index, repeats, run_dir)
