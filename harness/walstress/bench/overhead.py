@@ -41,8 +41,10 @@ from walstress.database.template import get_template
 from walstress.history import HistoryWriter
 from walstress.layout import RunLayout
 from walstress.runspec import WorkerSpec
+from walstress.sqlite.driver import Connection
 from walstress.workers.base import WorkerContext
 from walstress.workers.writer import Writer, WriterSettings
+from walstress.workers.writing import write_messages
 
 
 def _scenario(pages: int, batch: int, schema: str = "minimal", synchronous: str = "NORMAL") -> Any:
@@ -55,13 +57,10 @@ def _scenario(pages: int, batch: int, schema: str = "minimal", synchronous: str 
     }, source="<bench>")
 
 
-def bare_transaction(conn: sqlite3.Connection, corpus: Corpus, batch: int, session: str = "bench") -> None:
-    """One write transaction of the writer role's statements and rows, with nothing recorded."""
+def bare_transaction(conn: Connection, corpus: Corpus, batch: int, schema: str, session: str) -> None:
+    """One write transaction of the writer role's statements and rows (``write_messages``), nothing recorded."""
     conn.execute("BEGIN IMMEDIATE")
-    for _ in range(batch):
-        msg = corpus.message(session, time.time())
-        conn.execute("INSERT INTO messages(session_id, role, content, timestamp) VALUES (?,?,?,?)",
-                     (session, msg["role"], msg["content"], msg["timestamp"]))
+    write_messages(conn, corpus, schema, session, batch)
     conn.execute("COMMIT")
 
 

@@ -16,6 +16,7 @@ meaning at the tiny size).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -181,8 +182,11 @@ def bench_reuse(size: dict[str, Any], work: Path, cache_dir: Path | None) -> Row
 
     def cp() -> float:
         target = work / f"cp-{next(counter)}.db"
-        took = _timed(lambda: subprocess.run(["cp", str(template), str(target)], check=True) and None
-                      or subprocess.run(["sync", str(target)], check=True))
+        def copy_and_sync() -> None:
+            subprocess.run(["cp", str(template), str(target)], check=True)
+            subprocess.run(["sync", str(target)], check=True)
+
+        took = _timed(copy_and_sync)
         target.unlink()
         return took
 
@@ -195,8 +199,8 @@ def bench_reuse(size: dict[str, Any], work: Path, cache_dir: Path | None) -> Row
 # ------------------------------------------------------------------ 3: instrumentation
 def bench_instrumentation(size: dict[str, Any], cache_dir: Path | None) -> list[Row]:
     rows = []
-    for number, (schema, sync, goal) in enumerate([("minimal", "NORMAL", 0.9), ("minimal", "FULL", 0.97),
-                                                     ("hermes", "NORMAL", 0.9), ("hermes", "FULL", 0.97)]):
+    for schema, sync, goal in [("minimal", "NORMAL", 0.9), ("minimal", "FULL", 0.97), ("hermes", "NORMAL", 0.9),
+                               ("hermes", "FULL", 0.97)]:
         result = measure_overhead(pages=size["tx_pages"], transactions=size["tx"], blocks=size["tx_blocks"],
                                   schema=schema, synchronous=sync, cache_dir=cache_dir)
         row = Row(3, f"writer instrumentation (history + ledger), {schema}, synchronous {sync}",
@@ -208,19 +212,20 @@ def bench_instrumentation(size: dict[str, Any], cache_dir: Path | None) -> list[
 
 
 # ------------------------------------------------------------------ 4: pressure
-# the same rows as the writer role (the corpus's messages), the same statement, nothing recorded
+# the writer role's rows and statements (write_messages, into one of the template's sessions), nothing recorded
 _BARE_WRITER = r"""
 import sqlite3, sys, time
 from walstress.bench.overhead import bare_transaction
 from walstress.database.corpus import Corpus
+from walstress.sqlite.driver import connect
 db, seconds, batch, seed = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 corpus = Corpus(seed)
-conn = sqlite3.connect(db, timeout=5.0, isolation_level=None)
-conn.execute("PRAGMA journal_mode=WAL")
+conn = connect(db, busy_timeout_ms=5000)   # the connection type the writers use; the file is in WAL mode
+((session,),) = conn.execute("SELECT id FROM sessions ORDER BY started_at DESC LIMIT 1 OFFSET ?", (seed,))
 commits, end = 0, time.monotonic() + seconds
 while time.monotonic() < end:
     try:
-        bare_transaction(conn, corpus, batch, "bare")
+        bare_transaction(conn, corpus, batch, "hermes", session)
         commits += 1
     except sqlite3.OperationalError:
         if conn.in_transaction:
@@ -246,7 +251,7 @@ def bench_pressure(size: dict[str, Any], work: Path, cache_dir: Path | None) -> 
                     "checkpoint": {"mode": "NONE"}, "lock_watch": {"hz": 0},
                     "workers": [{"role": "writer", "count": writers, "batch": 2, "insert_weight": 1,
                                  "update_weight": 0, "delete_weight": 0}]}
-            result = run_scenario(scenario_from_dict(data, source="<bench>"), work / f"pressure-{next(counter)}",
+            result = run_scenario(scenario_from_dict(data, source="<bench>"), work / f"pressure-{writers}-{next(counter)}",
                                   cache_dir=cache_dir, keep="none")
             run = result["cells"][0]["results"][0]
             # the writers write from the go to the stop signal: the planned duration (duration_s also counts
@@ -254,8 +259,10 @@ def bench_pressure(size: dict[str, Any], work: Path, cache_dir: Path | None) -> 
             return run["writes"]["acked_transactions"] / float(run["planned_duration_s"] or run["duration_s"])
 
         def bare(writers: int = writers) -> float:
-            db = work / f"bare-pressure-{next(counter)}.db"
+            db = work / f"bare-pressure-{writers}-{next(counter)}.db"
             copy_template(template, db, fsync=False)
+            with contextlib.closing(sqlite3.connect(db)) as conn:   # WAL, as prepare_database sets it for a run
+                conn.execute("PRAGMA journal_mode=WAL")
             procs = [subprocess.Popen([sys.executable, "-c", _BARE_WRITER, str(db), str(seconds), "2", str(i)],
                                       stdout=subprocess.PIPE, text=True) for i in range(writers)]
             commits = sum(int(p.communicate()[0].strip() or 0) for p in procs)
@@ -320,8 +327,7 @@ def _thread_cpu(native_id: int | None) -> float:
 
 
 # ------------------------------------------------------------------ 6: check
-def _cli_check(db: Path, fts: list[str]) -> None:
-    sqlite = shutil.which("sqlite3")
+def _cli_check(db: Path, fts: list[str], sqlite: str | None) -> None:
     statements = ["PRAGMA integrity_check;"] + [f"INSERT INTO {t}({t}) VALUES('integrity-check');" for t in fts]
     if sqlite:   # the sqlite3 command line, on a copy (FTS5's check writes nothing, but opens read-write)
         subprocess.run([sqlite, str(db)], input="\n".join(statements), capture_output=True, text=True, check=True)
@@ -341,14 +347,15 @@ def bench_check(size: dict[str, Any], work: Path, cache_dir: Path | None) -> Row
                                cache_dir=cache_dir)
     db = work / "checked.db"
     copy_template(template, db, fsync=False)
-    baseline = "sqlite3 CLI" if shutil.which("sqlite3") else "Python's sqlite3 (no sqlite3 CLI here)"
+    sqlite = shutil.which("sqlite3")   # looked up once, outside the timed baseline
+    baseline = "sqlite3 CLI" if sqlite else "Python's sqlite3 (no sqlite3 CLI here)"
     row = Row(6, f"walstress check of a {size['check_pages']:,}-page database", f"{baseline}: PRAGMA integrity_check "
               "plus FTS5 integrity-check on the same file", "<= 1.1x", "s")
     fts = list(SCHEMAS["hermes"].fts_tables)
     verdicts: list[str] = []
     row.walstress, row.base = alternate(size["check_blocks"],
                                         lambda _: _timed(lambda: verdicts.append(check_database(db)["verdict"])),
-                                        lambda _: _timed(lambda: _cli_check(db, fts)))
+                                        lambda _: _timed(lambda: _cli_check(db, fts, sqlite)))
     row.detail = {"verdicts": sorted(set(verdicts)), "baseline": baseline}
     return row.finish(lambda r: (r.ratio or 99) <= 1.1)
 
@@ -382,11 +389,12 @@ def bench_fixed_cost(size: dict[str, Any], work: Path, cache_dir: Path | None) -
 
 
 # ------------------------------------------------------------------ 8: time to reproduce
+# (name, scenario, settings, goal: median seconds, longest run in seconds or None for the size's own)
 REPRODUCTIONS = [
     ("lock breaker on the reporter's pattern", "scenarios/quickstart.toml",
-     ["faults.lock_breaker.enabled=true", "checkpoint.mode=TRUNCATE"], 15.0),
-    ("the WAL-reset race, system SQLite", "scenarios/wal-reset-race.toml", ["sqlite=stdlib"], 3.2),
-    ("the WAL-reset race, SQLite 3.51.2", "scenarios/wal-reset-race.toml", ["sqlite=3.51.2"], 0.1),
+     ["faults.lock_breaker.enabled=true", "checkpoint.mode=TRUNCATE"], 15.0, 12.0),
+    ("the WAL-reset race, system SQLite", "scenarios/wal-reset-race.toml", ["sqlite=stdlib"], 3.2, None),
+    ("the WAL-reset race, SQLite 3.51.2", "scenarios/wal-reset-race.toml", ["sqlite=3.51.2"], 0.1, None),
 ]
 
 
@@ -395,15 +403,15 @@ def bench_reproduce(size: dict[str, Any], work: Path, cache_dir: Path | None, ro
     from walstress.runner import run_scenario
 
     rows = []
-    for number, (name, path, sets, target) in enumerate(REPRODUCTIONS):
+    for number, (name, path, sets, target, longest) in enumerate(REPRODUCTIONS):
         times: list[float] = []
         damaged = 0
         # a reproduction's time is SQLite's first corruption error, so a run need not be long
-        extra = [f"duration={min(size['repro_s'], 12.0)}s" if "quickstart" in path else f"duration={size['repro_s']}s"]
+        extra = [f"duration={min(size['repro_s'], longest or size['repro_s'])}s"]
         if size["repro_runs"] < 5:
             extra.append("database.pages=2000")
         try:
-            scenario = load_scenario(root / path, [*sets, *extra, "repeat=1"])
+            scenario = load_scenario(root / path, [*sets, *extra])
         except Exception as exc:   # an SQLite version that cannot be installed here, say
             rows.append(Row(8, f"time to reproduce: {name}", "-", f"median <= {target:g} s (FACTS.md)",
                             "s", note=f"not measured: {exc}"))

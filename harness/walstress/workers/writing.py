@@ -24,6 +24,36 @@ from walstress.sqlite.driver import Connection, classify_error, is_sqlite_error
 from walstress.workers.base import WorkerContext, roll_back_failed
 
 
+
+def write_messages(conn: Connection, corpus: Corpus, schema: str, session_id: str, batch: int) -> list[tuple[int, str]]:
+    """The writer role's rows of one insert transaction: ``batch`` messages of the corpus into ``session_id``
+    and, on the hermes schema, that session's counters; (rowid, content) of each message. Also the bare
+    baseline of the benchmarks, so both write the same rows with the same statements."""
+    written: list[tuple[int, str]] = []
+    tool_calls = 0
+    for _ in range(batch):
+        msg = corpus.message(session_id, time.time())
+        if schema == "hermes":
+            conn.execute(
+                "INSERT INTO messages(session_id, role, content, tool_calls, tool_name, timestamp, token_count)"
+                " VALUES (?,?,?,?,?,?,?)",
+                (session_id, msg["role"], msg["content"], msg.get("tool_calls"), msg.get("tool_name"),
+                 msg["timestamp"], msg.get("token_count")),
+            )
+            tool_calls += 1 if msg.get("tool_calls") else 0
+        else:
+            conn.execute(
+                "INSERT INTO messages(session_id, role, content, timestamp) VALUES (?,?,?,?)",
+                (session_id, msg["role"], msg["content"], msg["timestamp"]),
+            )
+        written.append((conn.lastrowid, msg["content"]))
+    if schema == "hermes":
+        conn.execute(
+            "UPDATE sessions SET message_count = message_count + ?, tool_call_count = tool_call_count + ? WHERE id = ?",
+            (batch, tool_calls, session_id),
+        )
+    return written
+
 class WriterMixin:
     """The transaction machinery shared by writers and writing openers."""
 
@@ -71,31 +101,9 @@ class WriterMixin:
 
     def do_insert(self, conn: Connection, batch: int) -> tuple[list[LedgerOp], Callable[[], None]]:
         session_id, ops, new_session = self.pick_session(conn)
-        inserted: list[int] = []
-        tool_calls = 0
-        for _ in range(batch):
-            msg = self.corpus.message(session_id, time.time())
-            if self.schema == "hermes":
-                conn.execute(
-                    "INSERT INTO messages(session_id, role, content, tool_calls, tool_name, timestamp, token_count)"
-                    " VALUES (?,?,?,?,?,?,?)",
-                    (session_id, msg["role"], msg["content"], msg.get("tool_calls"), msg.get("tool_name"),
-                     msg["timestamp"], msg.get("token_count")),
-                )
-                tool_calls += 1 if msg.get("tool_calls") else 0
-            else:
-                conn.execute(
-                    "INSERT INTO messages(session_id, role, content, timestamp) VALUES (?,?,?,?)",
-                    (session_id, msg["role"], msg["content"], msg["timestamp"]),
-                )
-            row_id = conn.lastrowid
-            inserted.append(row_id)
-            ops.append(LedgerOp("I", row_id, content_crc(msg["content"])))
-        if self.schema == "hermes":
-            conn.execute(
-                "UPDATE sessions SET message_count = message_count + ?, tool_call_count = tool_call_count + ? WHERE id = ?",
-                (batch, tool_calls, session_id),
-            )
+        written = write_messages(conn, self.corpus, self.schema, session_id, batch)
+        inserted = [row_id for row_id, _ in written]
+        ops.extend(LedgerOp("I", row_id, content_crc(content)) for row_id, content in written)
 
         def commit_local() -> None:
             self.own_ids.extend(inserted)
