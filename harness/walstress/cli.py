@@ -153,6 +153,15 @@ def _add(sub: Any, name: str, json_help: str | None = None, *, group: bool = Fal
                           epilog=_epilog(exits, examples), parents=[] if group else [_common(json_help=json_help)])
 
 
+def _set_option(parser: argparse.ArgumentParser, more: str = "") -> None:
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a scenario key" + more)
+
+
+def _cache_dir_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cache-dir", help="template cache folder (default: ~/.cache/walstress)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from walstress.version import __version__
 
@@ -165,12 +174,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = _add(sub, "run", "results.json")
     run.add_argument("scenario", help="scenario TOML file")
-    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                     help="override a scenario key (a [list] makes it a matrix axis)")
+    _set_option(run, " (a [list] makes it a matrix axis)")
     run.add_argument("--out", help="output folder (default: reports/<name>-<time>)")
     run.add_argument("--repeat", type=int, help="runs per cell (default: the scenario's repeat)")
     run.add_argument("--duration", help='run length per run, e.g. 30, "30s", "500ms" (the same as --set duration=...)')
-    run.add_argument("--cache-dir", help="template cache folder (default: ~/.cache/walstress)")
+    _cache_dir_option(run)
     run.add_argument("--shard", metavar="K/N",
                      help="run only the cells whose index %% N == K-1 (join the shards with walstress merge)")
     run.add_argument("--keep", choices=("failed", "all", "none"), default="failed",
@@ -198,17 +206,15 @@ def build_parser() -> argparse.ArgumentParser:
     bisect = _add(sub, "bisect", "bisect.json")
     bisect.add_argument("scenario", help="scenario TOML file (one cell once the SQLite axes are removed)")
     bisect.add_argument("--versions", required=True, metavar="A..B", help="SQLite versions to search, e.g. 3.50.0..3.54.1")
-    bisect.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a scenario key")
+    _set_option(bisect)
     bisect.add_argument("--repeat", type=int, help="runs per version (default: the scenario's repeat)")
     bisect.add_argument("--duration", help="run length per run (the same as --set duration=...)")
     bisect.add_argument("--out", help="output folder (default: reports/bisect-<name>-<time>)")
-    bisect.add_argument("--cache-dir", help="template cache folder (default: ~/.cache/walstress)")
+    _cache_dir_option(bisect)
 
     search = _add(sub, "search", "the search's summary")
     search.add_argument("scenario", help="scenario TOML file with a [search] table")
-    search.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a scenario key")
+    _set_option(search)
     search.add_argument("--budget", help='time to look for a failure, e.g. "10m" (default: search.budget)')
     search.add_argument("--max-examples", type=int, help="examples at the most (default: search.max_examples)")
     search.add_argument("--runs", type=int, help="runs per example (default: search.runs)")
@@ -217,13 +223,12 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--example-db", metavar="DIR|github:OWNER/REPO",
                         help="Hypothesis's example database (default: one per search space in the cache dir)")
     search.add_argument("--no-shrink", action="store_true", help="write the first failing example as it was found")
-    search.add_argument("--cache-dir", help="template cache folder (default: ~/.cache/walstress)")
+    _cache_dir_option(search)
 
     repro = _add(sub, "repro")
     repro.add_argument("target", help="a run dir (cell-NNN/run-NNN), an output folder or a one-cell scenario file")
     repro.add_argument("--out", default="repro.py", help="the file to write")
-    repro.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a scenario key")
+    _set_option(repro)
 
     init = _add(sub, "init")
     init.add_argument("--db", help="your database file (read from a private copy, never written)")
@@ -239,15 +244,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="full: the README's sizes (tens of minutes); tiny: small databases, seconds")
     bench.add_argument("--only", help="comma-separated benchmark numbers (1-11), e.g. 1,3,7 (default: all)")
     bench.add_argument("--out", help="output folder (default: reports/bench-<time>)")
-    bench.add_argument("--cache-dir", help="template cache folder (default: ~/.cache/walstress)")
+    _cache_dir_option(bench)
 
     crash = _add(sub, "crash", group=True)
     crash_sub = crash.add_subparsers(dest="crash_command", required=True, parser_class=_Parser, metavar="COMMAND")
     explore = _add(crash_sub, "crash explore", "crash.json")
     explore.add_argument("target", help="scenario TOML file (its first cell is run once, traced), or a run dir "
                                         "recorded with faults.crash_trace")
-    explore.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                         help="override a scenario key")
+    _set_option(explore)
     explore.add_argument("--model", choices=("posix-weak", "posix-ordered", "lying"),
                          help="storage model (default: crash.model, posix-weak)")
     explore.add_argument("--max-states", type=int, help="distinct states to check at the most (default: "
@@ -258,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="what happens after the cut (default: crash.after_cut)")
     explore.add_argument("--classes", help="comma-separated classes of states (default: all the model's)")
     explore.add_argument("--out", help="output folder (default: reports/crash-<name>-<time>)")
-    explore.add_argument("--cache-dir", help="template cache (default: ~/.cache/walstress)")
+    _cache_dir_option(explore)
     replay = _add(crash_sub, "crash replay", "the result")
     replay.add_argument("state", help="a state file written by explore (failing/smallest.json)")
     replay.add_argument("--keep", help="leave the state's files in this folder (default: a temporary folder)")

@@ -232,9 +232,8 @@ def _arg_path(config: pytest.Config, arg: str) -> Path:
 
 
 def _requested_files(config: pytest.Config) -> set[Path]:
-    """The .toml files named on the command line (and by --walstress-scenarios), resolved."""
-    return {_arg_path(config, arg) for arg in [*config.args, *settings_of(config).scenarios]
-            if str(arg).split("::", 1)[0].endswith(".toml")}
+    """The .toml files named on the command line (--walstress-scenarios are among them by now), resolved."""
+    return {_arg_path(config, arg) for arg in config.args if str(arg).split("::", 1)[0].endswith(".toml")}
 
 
 def pytest_report_header(config: pytest.Config) -> str | None:

@@ -30,22 +30,25 @@ from typing import Any
 from walstress import scenario as model
 from walstress.catalog import default_catalog
 from walstress.scenario import Catalog
-from walstress.settings import field_named, field_type, setting_meta
+from walstress.settings import (DURATION_NUMBER, DURATION_UNITS, SIZE_NUMBER, SIZE_UNITS, field_named, field_type,
+                                setting_meta, value_pattern)
 
 __all__ = ["SHIPPED", "scenario_schema", "main"]
 
 SHIPPED = Path(__file__).with_name("schema") / "scenario.schema.json"
 
-# The loader's value syntaxes, in the regular-expression dialect JSON Schema uses (no flags: units spelt
-# in every case by their letters' classes).
-_DURATION = r"^\s*[0-9]*\.?[0-9]+\s*([mM][sS]|[sS]|[sS][eE][cC]|[mM]|[mM][iI][nN]|[hH])?\s*$"
-_SIZE = r"^\s*-?[0-9]+\s*([bB]|[kKmMgG]|[kKmMgG][bB]|[kKmMgG][iI][bB])?\s*$"
 _JSON_TYPES = {int: "integer", float: "number", str: "string", bool: "boolean", list: "array", dict: "object"}
 
 
 def _any_case(word: str) -> str:
     return "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else ("\\" + c if c in ".+*?()[]{}|^$\\" else c)
                    for c in word)
+
+
+# The loader's value syntaxes (settings.py), in the regular-expression dialect JSON Schema uses: no flags,
+# so the units are spelt in every case by their letters' classes.
+_DURATION = value_pattern(DURATION_NUMBER, DURATION_UNITS, _any_case)
+_SIZE = value_pattern(SIZE_NUMBER, SIZE_UNITS, _any_case)
 
 
 def _default(f: dataclasses.Field) -> Any:

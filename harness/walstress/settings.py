@@ -30,7 +30,7 @@ else:  # pragma: no cover - exercised on 3.10 only
 
 __all__ = [
     "Registry", "SettingError", "coerce_value", "did_you_mean", "field_named", "parse_duration_seconds",
-    "parse_set_value", "parse_size_bytes", "setting", "setting_meta", "tomllib",
+    "parse_set_value", "parse_size_bytes", "setting", "setting_meta", "tomllib", "value_pattern",
 ]
 
 KINDS = ("duration", "ms", "bytes", "table", "list", "path", "entry", "code")
@@ -76,13 +76,23 @@ def did_you_mean(word: str, candidates: Iterable[str]) -> str:
 
 
 # --------------------------------------------------------------- value parsing
-_DURATION_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(ms|s|sec|m|min|h)?\s*$", re.I)
-_SIZE_RE = re.compile(r"^\s*(-?[0-9]+)\s*(b|k|kb|kib|m|mb|mib|g|gb|gib)?\s*$", re.I)
 _SIZE_FACTORS = {
     None: 1, "b": 1, "k": 1024, "kb": 1000, "kib": 1024,
     "m": 1 << 20, "mb": 1000**2, "mib": 1 << 20, "g": 1 << 30, "gb": 1000**3, "gib": 1 << 30,
 }
 _DURATION_FACTORS = {None: 1.0, "s": 1.0, "sec": 1.0, "ms": 0.001, "m": 60.0, "min": 60.0, "h": 3600.0}
+DURATION_NUMBER, SIZE_NUMBER = r"[0-9]*\.?[0-9]+", r"-?[0-9]+"
+DURATION_UNITS = tuple(u for u in _DURATION_FACTORS if u)
+SIZE_UNITS = tuple(u for u in _SIZE_FACTORS if u)
+
+
+def value_pattern(number: str, units: Iterable[str], spell: Any = re.escape) -> str:
+    """The text a duration or size may be: a number, then one of its units (each written by ``spell``)."""
+    return rf"^\s*({number})\s*({'|'.join(spell(u) for u in units)})?\s*$"
+
+
+_DURATION_RE = re.compile(value_pattern(DURATION_NUMBER, DURATION_UNITS), re.I)
+_SIZE_RE = re.compile(value_pattern(SIZE_NUMBER, SIZE_UNITS), re.I)
 
 
 def parse_duration_seconds(value: Any) -> float:

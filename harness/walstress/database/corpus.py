@@ -36,9 +36,9 @@ import sys
 import uuid
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from walstress.database.cachedir import default_cache_dir
-from typing import Any
 
 __all__ = ["Corpus", "ROLES", "SOURCES", "TOOL_NAMES", "MODELS"]
 

@@ -296,6 +296,11 @@ def list_releases(locations: PipLocations) -> tuple[dict[str, str], list[str], l
     return releases_from_files(files), answered, failed
 
 
+def pip_releases() -> tuple[dict[str, str], list[str], list[str]]:
+    """``list_releases`` of the locations pip is configured with, now."""
+    return list_releases(pip_locations(pip_config_text(), _default_index()))
+
+
 def shipped_releases() -> dict[str, str]:
     """The release list shipped with walstress (refreshed by ``nox -s apsw_releases``)."""
     return dict(json.loads(SHIPPED_LIST.read_text())["releases"])
@@ -318,21 +323,20 @@ def _releases(cache_dir: str | Path | None, *, refresh: bool = False) -> dict[st
                 return dict(data["releases"])
         except (OSError, ValueError, KeyError, TypeError):
             pass
-    releases, answered, failed = list_releases(pip_locations(pip_config_text(), _default_index()))
-    source: dict[str, Any] = {"indexes": answered, "failed": failed}
+    releases, answered, failed = pip_releases()
     if not releases:
         try:
             releases = shipped_releases()
         except (OSError, ValueError, KeyError) as exc:
             raise EnvironmentProblem(f"no package index listed apsw ({'; '.join(failed) or 'none configured'}) "
                                      f"and the shipped list cannot be read: {exc}") from None
-        source["shipped_list"] = str(SHIPPED_LIST)
         print(f"walstress: no package index listed apsw ({'; '.join(failed) or 'none configured'}); using the "
               f"list shipped with walstress", file=sys.stderr)
         return releases  # not cached: the next call asks the indexes again
     folder.mkdir(parents=True, exist_ok=True)
     tmp = cached.with_name(f".{cached.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"fetched_at": time.time(), "releases": releases, "source": source}, indent=1,
+    tmp.write_text(json.dumps({"fetched_at": time.time(), "releases": releases,
+                              "source": {"indexes": answered, "failed": failed}}, indent=1,
                               sort_keys=True))
     os.replace(tmp, cached)
     return releases
@@ -446,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--write-shipped", action="store_true", help=f"write the list to {SHIPPED_LIST.name}")
     parser.add_argument("--json", action="store_true", help="print SQLite version -> apsw release as JSON")
     args = parser.parse_args(argv)
-    releases, answered, failed = list_releases(pip_locations(pip_config_text(), _default_index()))
+    releases, answered, failed = pip_releases()
     for line in failed:
         print(f"walstress: not read: {line}", file=sys.stderr)
     print(f"walstress: read {', '.join(answered) or 'nothing'}", file=sys.stderr)
