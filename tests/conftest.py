@@ -25,6 +25,14 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def shared_cache(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The plugin's template cache of this session, handed to inner pytest sessions so they build nothing."""
+    from walstress.pytest_plugin import template_cache_dir
+
+    return template_cache_dir(request.config, tmp_path_factory)
+
+
 def small_scenario(**overrides) -> dict:
     """A tiny but real scenario: minimal schema, 2 writers, a reader, a checkpointer, an opener."""
     data = {

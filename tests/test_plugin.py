@@ -16,18 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from walstress.pytest_plugin import junit_suite_properties, recorded_properties, template_cache_dir
+from walstress.pytest_plugin import junit_suite_properties, recorded_properties
 from walstress.settings import tomllib
 
 pytest_plugins = ("pytester",)
 
 SCENARIOS = Path(__file__).parent / "scenarios"
-
-
-@pytest.fixture(scope="session")
-def shared_cache(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The template cache of this session, handed to inner pytest sessions so they build nothing."""
-    return template_cache_dir(request.config, tmp_path_factory)
 
 
 def junit_properties(path: Path) -> dict[str, dict[str, list[str]]]:

@@ -16,17 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from walstress.pytest_plugin import template_cache_dir
 
 pytest_plugins = ("pytester",)
 
 SCENARIOS = Path(__file__).parent / "scenarios"
 MATRIX_CELLS = ["matrix.toml::cell-000[mode=PASSIVE]", "matrix.toml::cell-001[mode=TRUNCATE]"]
-
-
-@pytest.fixture(scope="session")
-def shared_cache(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return template_cache_dir(request.config, tmp_path_factory)
 
 
 def collected(result: pytest.RunResult) -> list[str]:

@@ -47,9 +47,9 @@ pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium on PATH (D
 
 
 @pytest.fixture(scope="module")
-def output_folder(tmp_path_factory):
+def output_folder(tmp_path_factory, cache_dir):
     out = tmp_path_factory.mktemp("browser") / "out"
-    result = run_scenario(dict(SCENARIO, duration=1.5), out, cache_dir=tmp_path_factory.mktemp("cache"))
+    result = run_scenario(dict(SCENARIO, duration=1.5), out, cache_dir=cache_dir)   # the session's templates
     build_report(out, result.data)
     return out
 

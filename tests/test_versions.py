@@ -160,29 +160,26 @@ def test_pip_configuration_gives_the_locations():
     assert pip_locations(":env:.no-index='true'\n", "https://default.example/simple").indexes == []
 
 
-def pip_env(**extra: str) -> dict[str, str]:
-    """Only what the test sets: no pip configuration file, no PIP_* of this machine."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
-    return {**env, "PIP_CONFIG_FILE": os.devnull, **extra}
-
-
-def test_available_versions_reads_the_index_pip_is_configured_with(index_server, tmp_path, monkeypatch):
-    url, _, _ = index_server
-    for key, value in pip_env(PIP_INDEX_URL=f"{url}/json", PIP_EXTRA_INDEX_URL=f"{url}/html").items():
-        monkeypatch.setenv(key, value)
-    for key in [k for k in os.environ if k.startswith("PIP_") and k not in ("PIP_CONFIG_FILE", "PIP_INDEX_URL",
-                                                                            "PIP_EXTRA_INDEX_URL")]:
+@pytest.fixture
+def pip_settings(monkeypatch):
+    """Only what the test sets: no pip configuration file, no PIP_* of this machine; returns setenv."""
+    for key in [k for k in os.environ if k.startswith("PIP_")]:
         monkeypatch.delenv(key)
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
+    return monkeypatch.setenv
+
+
+def test_available_versions_reads_the_index_pip_is_configured_with(index_server, tmp_path, pip_settings):
+    url, _, _ = index_server
+    pip_settings("PIP_INDEX_URL", f"{url}/json")
+    pip_settings("PIP_EXTRA_INDEX_URL", f"{url}/html")
     assert available_versions(tmp_path) == ["3.50.4", "3.51.3"]   # through `pip config list`, for real
     cached = json.loads((tmp_path / "sqlite" / "apsw-versions.json").read_text())
     assert cached["source"]["indexes"] == [f"{url}/json", f"{url}/html"]
 
 
-def test_no_index_answering_falls_back_to_the_shipped_list(tmp_path, monkeypatch, capfd):
-    for key in [k for k in os.environ if k.startswith("PIP_")]:
-        monkeypatch.delenv(key)
-    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
-    monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:1/simple")
+def test_no_index_answering_falls_back_to_the_shipped_list(tmp_path, pip_settings, capfd):
+    pip_settings("PIP_INDEX_URL", "http://127.0.0.1:1/simple")
     versions = available_versions(tmp_path)
     assert versions == sorted(shipped_releases(), key=parse_version)
     assert "using the list shipped with walstress" in capfd.readouterr().err
@@ -328,14 +325,12 @@ def test_wal_reset_race_differential_3_51_2_vs_3_51_3(cache_dir, tmp_path):
 
 
 def test_without_pip_the_indexes_come_from_the_environment_and_an_install_says_what_is_missing(
-        index_server, tmp_path, monkeypatch):
+        index_server, tmp_path, monkeypatch, pip_settings):
     # an environment made by uv has no pip: the PIP_* variables still name the indexes, and installing a
     # version says what to do instead of failing inside a subprocess
     url, _, _ = index_server
     monkeypatch.setattr(versions, "_have_pip", lambda: False)
-    for key in [k for k in os.environ if k.startswith("PIP_")]:
-        monkeypatch.delenv(key)
-    monkeypatch.setenv("PIP_INDEX_URL", f"{url}/json")
+    pip_settings("PIP_INDEX_URL", f"{url}/json")
     assert versions.pip_config_text() == f":env:.index-url='{url}/json'\n"
     assert available_versions(tmp_path) == ["3.51.3"]
     with pytest.raises(EnvironmentProblem, match="needs pip, which this Python does not have"):
