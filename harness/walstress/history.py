@@ -21,8 +21,9 @@ import json
 import os
 import threading
 import time
+from collections import deque
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 
 class HistoryWriter:
@@ -32,7 +33,10 @@ class HistoryWriter:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        self._buffer: list[str] = []
+        # (make_line, args) per record, lines made at flush; a deque's append and popleft are atomic, so a
+        # record is buffered without taking the lock (it runs once per operation) and a flush takes only
+        # what was there when it began
+        self._buffer: deque[tuple[Callable[..., str], tuple]] = deque()
         self._lock = threading.Lock()
         self._flush_records = flush_records
         self._flush_seconds = flush_seconds
@@ -44,12 +48,15 @@ class HistoryWriter:
 
     def record_line(self, line: str) -> None:
         """A record already encoded as one line of JSON (an object), for callers that encode faster."""
-        with self._lock:
-            if self._closed:
-                return
-            self._buffer.append(line)
-            if len(self._buffer) >= self._flush_records or time.monotonic() - self._last_flush >= self._flush_seconds:
-                self._flush_locked()
+        self.record_later(str, line)
+
+    def record_later(self, make_line: Callable[..., str], *args: Any) -> None:
+        """A record whose line is ``make_line(*args)``, made when the buffer is written rather than now: for
+        records made once per user transaction, whose encoding would otherwise be paid by every one."""
+        buffer = self._buffer
+        buffer.append((make_line, args))
+        if len(buffer) >= self._flush_records or time.monotonic() - self._last_flush >= self._flush_seconds:
+            self.flush()
 
     def flush(self) -> None:
         with self._lock:
@@ -57,10 +64,15 @@ class HistoryWriter:
 
     def _flush_locked(self) -> None:
         self._last_flush = time.monotonic()
-        if not self._buffer or self._closed:
+        buffer = self._buffer
+        if self._closed:  # what is recorded after close is dropped
+            buffer.clear()
             return
-        data = ("\n".join(self._buffer) + "\n").encode("utf-8")
-        self._buffer.clear()
+        if not buffer:
+            return
+        take = buffer.popleft
+        lines = [make_line(*args) for make_line, args in (take() for _ in range(len(buffer)))]
+        data = ("\n".join(lines) + "\n").encode("utf-8")
         view = memoryview(data)
         while view:
             written = os.write(self._fd, view)

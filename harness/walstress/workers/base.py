@@ -56,6 +56,11 @@ class WorkerContext:
             writer.close()
 
 
+def _ok_line(prefix: str, t0: float, ms: float, tail: str) -> str:
+    """A successful op's history line (the same JSON json.dumps gives: floats by repr)."""
+    return f'{prefix}{t0!r},"ms":{ms!r},"ok":true,"err":null{tail}}}'
+
+
 def describe_error(exc: BaseException) -> str:
     """``ValueError: the first line of its message``: how a worker's failure reads in a verdict."""
     text = str(exc).strip().splitlines()
@@ -122,7 +127,6 @@ class Actor:
 
     # -------------------------------------------------------------- records
     def record_op(self, kind: str, t0: float, m0: float, *, err: BaseException | None = None, **extra: Any) -> None:
-        ms = (time.perf_counter() - m0) * 1000.0
         if err is None:
             tail = ""
             for k, v in extra.items():
@@ -130,13 +134,9 @@ class Actor:
                     break
                 tail += f',"{k}":{v}'
             else:  # the common case, encoded without a dict and json.dumps (the same JSON: floats by repr)
-                prefix = self._op_prefixes.get(kind)
-                if prefix is None:
-                    prefix = self._op_prefixes[kind] = json.dumps(
-                        {"type": "op", "worker": self.name, "thread": self.thread_index, "kind": kind},
-                        separators=(",", ":"))[:-1] + ',"t":'
-                self.ctx.history.record_line(f'{prefix}{t0!r},"ms":{ms!r},"ok":true,"err":null{tail}}}')
+                self.record_ok(kind, t0, m0, tail)
                 return
+        ms = (time.perf_counter() - m0) * 1000.0
         rec = {"type": "op", "worker": self.name, "thread": self.thread_index, "kind": kind,
                "t": t0, "ms": ms, "ok": err is None, "err": None}
         if err is not None:
@@ -144,6 +144,20 @@ class Actor:
             rec["msg"] = str(err)[:MESSAGE_LIMIT]
         rec.update(extra)
         self.ctx.history.record(rec)
+
+    def record_ok(self, kind: str, t0: float, m0: float, json_tail: str = "") -> None:
+        """A successful operation's record, made at the next flush; ``json_tail`` adds fields to it, as
+        ``,"name":value`` JSON text (the fast path of :meth:`record_op`, for callers once per transaction)."""
+        ms = (time.perf_counter() - m0) * 1000.0
+        self.ctx.history.record_later(_ok_line, self._op_prefixes.get(kind) or self._op_prefix(kind), t0, ms,
+                                      json_tail)
+
+    def _op_prefix(self, kind: str) -> str:
+        """An op record's line up to its time, made once per kind."""
+        prefix = self._op_prefixes[kind] = json.dumps(
+            {"type": "op", "worker": self.name, "thread": self.thread_index, "kind": kind},
+            separators=(",", ":"))[:-1] + ',"t":'
+        return prefix
 
     def run_checkpoint(self, conn: Connection, source: str) -> None:
         mode = self.checkpoint.mode
