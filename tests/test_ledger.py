@@ -212,6 +212,101 @@ def test_row_checksums_are_the_documented_ones(values):
     assert row_crc(values) == reference_crc(values)
 
 
+@given(st.text(min_size=1, max_size=10), _keys,
+       st.one_of(st.none(), st.dictionaries(st.text(min_size=1, max_size=6), _values, max_size=4)))
+@settings(max_examples=300, deadline=None)
+def test_a_written_rows_text_is_its_ops_encoding(table, key, row):
+    """What ctx.transaction stores per txn.wrote (made without the op object) is the op's own encoding."""
+    from walstress.ledger import written_text
+
+    assert written_text(table, key, row) == RowOp.written(table, key, row).encode()
+
+
+# --------------------------------------------------------- the ledger's file
+def _lines(path):
+    return path.read_bytes().decode("ascii").splitlines()
+
+
+def test_ledger_lines_cross_the_mapped_windows_and_the_file_is_cut_to_them(tmp_path, monkeypatch):
+    import mmap
+
+    from walstress.ledger import LedgerWriter, read_ledger
+
+    monkeypatch.setattr(LedgerWriter, "CHUNK", mmap.ALLOCATIONGRANULARITY)   # a window per page: many crossings
+    path = tmp_path / "ledger" / "w-t0.ledger"
+    writer = LedgerWriter(path)
+    ops = [RowOp.written("kv", f"key-{i}", {"v": "x" * (i % 50)}) for i in range(300)]
+    big = [RowOp.written("kv", f"big-{i}", {"v": "y" * 100}) for i in range(100)]  # one line > a window
+    for op in ops:
+        writer.acknowledge(writer.prepare([op]))
+    writer.acknowledge(writer.prepare(big))
+    assert path.stat().st_size % mmap.ALLOCATIONGRANULARITY == 0, "while open, the file is whole windows"
+    writer.close()
+    writer.close()   # idempotent
+    lines = _lines(path)
+    assert len(lines) == 2 * 301 and path.read_bytes().endswith(b"\n") and b"\0" not in path.read_bytes()
+    ledger = read_ledger(path.parent)
+    assert [t.state for t in ledger.transactions] == ["acked"] * 301 and ledger.garbled_lines == 0
+    assert ledger.transactions[-1].ops == big
+    # reopened, it appends after what is there
+    again = LedgerWriter(path)
+    again.fail(again.prepare([ops[0]]))
+    again.close()
+    assert _lines(path)[:602] == lines and _lines(path)[602].startswith("P 1 ") and _lines(path)[603].startswith("F 1 ")
+
+
+def test_a_killed_writers_lines_are_kept_and_its_zero_tail_is_skipped_and_cut(tmp_path):
+    import os
+    import signal
+
+    from walstress.ledger import LedgerWriter, read_ledger, trim_ledger_files
+
+    path = tmp_path / "ledger" / "w-t0.ledger"
+    ready_r, ready_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:   # the writer: 50 acknowledged transactions and one left prepared, then it waits to die
+        try:
+            writer = LedgerWriter(path)
+            for i in range(50):
+                writer.acknowledge(writer.prepare([RowOp.written("kv", i, {"v": i})]))
+            writer.prepare([RowOp.written("kv", 50, {"v": 50})])
+            os.write(ready_w, b"x")
+            time.sleep(60)
+        finally:
+            os._exit(1)
+    try:
+        assert os.read(ready_r, 1) == b"x"
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    assert path.read_bytes().endswith(b"\0"), "the killed writer's window is still in the file"
+    ledger = read_ledger(path.parent)   # read as it was left: every line, the zeros skipped
+    assert [t.state for t in ledger.transactions] == ["acked"] * 50 + ["pending"] and ledger.garbled_lines == 0
+    trim_ledger_files(path.parent)
+    assert path.read_bytes().endswith(b"\n") and len(_lines(path)) == 101
+    assert [t.state for t in read_ledger(path.parent).transactions] == ["acked"] * 50 + ["pending"]
+
+
+def test_where_the_file_cannot_be_mapped_each_line_is_written(tmp_path, monkeypatch):
+    import mmap
+
+    from walstress import ledger as ledger_module
+
+    def refuse(*args, **kwargs):
+        raise OSError(19, "No such device")   # what a file system without shared mappings says
+
+    monkeypatch.setattr(mmap, "mmap", refuse)
+    path = tmp_path / "ledger" / "w-t0.ledger"
+    (path.parent).mkdir()
+    path.write_bytes(b"P 1 1.000000 I1:5\nA 1 1.100000\n\0\0\0")   # a killed writer's file, reopened
+    writer = ledger_module.LedgerWriter(path)
+    writer.acknowledge(writer.prepare([RowOp.written("kv", "a", {"v": 1})]))
+    assert len(_lines(path)) == 4, "each line is in the file as soon as it is written"
+    writer.close()
+    assert _lines(path)[:2] == ["P 1 1.000000 I1:5", "A 1 1.100000"] and _lines(path)[3].startswith("A 1 ")
+    assert b"\0" not in path.read_bytes()
+
+
 def test_history_records_from_many_threads_are_each_written_once_in_order(tmp_path):
     """Records are buffered without the lock (a deque) and their lines made at flush: threads recording at
     once, with flushes racing the appends, lose none, write none twice, and keep each thread's order."""

@@ -24,6 +24,7 @@ from walstress.database.template import copy_template
 from walstress.faults.base import FaultPlan, WorkerHandle
 from walstress.history import HistoryWriter
 from walstress.layout import RunLayout
+from walstress.ledger import trim_ledger_files
 from walstress.lockwatch import LockWatch
 from walstress.lockwatch import available as lock_watch_unavailable
 from walstress.processes import WorkerPool, WorkerProcess, worker_environment
@@ -210,6 +211,7 @@ def execute_run(scenario: Scenario, run_dir: Path, template: Path, *, seed: int,
             except Exception as exc:
                 history.record({"type": "note", "t": time.time(), "msg": f"fault stop failed: {exc!r}"})
         pool.stop_all(STOP_GRACE_SECONDS)
+        trim_ledger_files(layout.ledger_dir)  # a killed worker's ledger ends in its map's unused zeros
         if run.sampler.is_alive():
             run.sampler.stop()
         if watch is not None and watch.is_alive():

@@ -44,7 +44,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Iterator, Literal, Mapping
 
-from walstress.ledger import LedgerWriter, RowOp
+from walstress.ledger import LedgerWriter, RowOp, written_text
 from walstress.loading import LoadError, ensure_on_path, load_object
 from walstress.scenario import WorkerSettings, user_code_path
 from walstress.settings import SettingError, setting
@@ -117,12 +117,12 @@ class Transaction:
     def __init__(self, conn: Any, ctx: "PythonContext", kind: str = "write"):
         self.conn = conn
         self.ctx = ctx
-        self.ops: list[RowOp] = []
+        self.ops: list[str] = []   # each change as the ledger's text
         self.kind = kind
-        self._t0 = self._m0 = 0.0
 
     def __enter__(self) -> "Transaction":
-        self._t0, self._m0 = time.time(), time.perf_counter()
+        self._t0 = time.time()
+        self._m0 = time.perf_counter()
         try:
             self.conn.execute("BEGIN IMMEDIATE")
         except BaseException as exc:
@@ -134,18 +134,18 @@ class Transaction:
         if exc is not None:
             self._failed(exc, None)
             return False  # raised again: retrying is the caller's choice
-        ledger = self.ctx.ledger
+        ops = self.ops
         prepared: int | None = None
         try:
-            if self.ops:
-                prepared = ledger.prepare(self.ops)
+            if ops:
+                prepared = self.ctx.ledger.prepare_texts(ops)
             self.conn.execute("COMMIT")
         except BaseException as error:
             self._failed(error, prepared)
             raise
         if prepared is not None:
-            ledger.acknowledge(prepared)
-        self.ctx._actor.record_op(self.kind, self._t0, self._m0, rows=len(self.ops))
+            self.ctx.ledger.acknowledge(prepared)
+        self.ctx._actor.record_ok(self.kind, self._t0, self._m0, f',"rows":{len(ops)}')
         return False
 
     def _failed(self, exc: BaseException, prepared: int | None) -> None:
@@ -163,10 +163,10 @@ class Transaction:
         read back inside the transaction: its every column, as SQLite stored it."""
         if row is None:
             row = self.ctx.read_row(self.conn, table, key)
-        self.ops.append(RowOp.written(table, key, row))
+        self.ops.append(written_text(table, key, row))
 
     def deleted(self, table: str, key: Any) -> None:
-        self.ops.append(RowOp.deleted(table, key))
+        self.ops.append(RowOp.deleted(table, key).encode())
 
 
 def _query(conn: Any, sql: str, params: Any = ()) -> tuple[list[str], list[tuple]]:
