@@ -45,7 +45,7 @@ def bench_root() -> Path:
     return Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.parametrize("number", [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11])
+@pytest.mark.parametrize("number", [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12])
 def test_every_benchmark_measures_walstress_and_its_baseline(number, cache_dir, bench_root):
     from walstress.bench.suite import SIZES, format_row, markdown, run_suite
 
@@ -67,6 +67,9 @@ def test_every_benchmark_measures_walstress_and_its_baseline(number, cache_dir, 
     if number == 11:   # the default keeps no clean run's database: less on disk than --keep all
         (row,) = rows
         assert row["walstress"][0] < row["base"][0], row
+    if number == 12:   # a P and an A line per ledgered transaction, and the CPU time of both loops
+        (row,) = rows
+        assert row["detail"]["ledger_lines"] == 2 * 20 * 2 and row["detail"]["cpu_us_per_tx_bare"] > 0, row
     assert SIZES["tiny"].keys() == SIZES["full"].keys()
 
 

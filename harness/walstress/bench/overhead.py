@@ -189,9 +189,13 @@ def _user_ledgered(ctx: Any, conn: sqlite3.Connection, transactions: int, start:
     return transactions / (time.perf_counter() - started)
 
 
-def measure_ledger_api(*, transactions: int = 300, blocks: int = 5, pages: int = 300,
+def measure_ledger_api(*, transactions: int = 200, blocks: int = 40, pages: int = 300,
                        cache_dir: str | Path | None = None) -> dict[str, Any]:
-    """The python role's ledger API (ctx.transaction + txn.wrote) vs the same user loop without it."""
+    """The python role's ledger API (ctx.transaction + txn.wrote) vs the same user loop without it: many
+    short blocks, alternating, in one process on one database (a block's rate moves with the storage's
+    sync times; short alternating blocks put both loops under the same moments). Besides the wall-clock
+    ratio, the thread's CPU time per transaction on each side: what the API adds, with the sync's wait
+    left out."""
     from walstress.workers.python import PythonActor, PythonSettings
 
     scenario = scenario_from_dict({"name": "bench-ledger-api", "database": {"schema": "minimal", "pages": pages},
@@ -199,6 +203,14 @@ def measure_ledger_api(*, transactions: int = 300, blocks: int = 5, pages: int =
                                    "workers": [{"role": "python", "entry": "walstress.bench.overhead:user_function"}]},
                                   source="<bench>")
     template, _ = get_template(schema="minimal", pages=pages, page_size=4096, seed=0, cache_dir=cache_dir)
+    cpu: dict[str, list[float]] = {"bare": [], "ledger": []}
+
+    def timed(side: str, loop: Callable[[], float]) -> float:
+        started = time.thread_time()
+        rate = loop()
+        cpu[side].append((time.thread_time() - started) / transactions * 1e6)
+        return rate
+
     with tempfile.TemporaryDirectory(prefix="walstress-bench-") as tmp:
         layout = RunLayout(Path(tmp))
         layout.make_dirs()
@@ -212,20 +224,25 @@ def measure_ledger_api(*, transactions: int = 300, blocks: int = 5, pages: int =
         conn = actor.context.connect()
         conn.execute(_KV_SCHEMA)
         _user_bare(conn, max(20, transactions // 10), 0)  # warm up
-        bare, ledgered = alternate(blocks, lambda block: _user_bare(conn, transactions, block * transactions),
-                                   lambda block: _user_ledgered(actor.context, conn, transactions,
-                                                                block * transactions))
+        bare, ledgered = alternate(
+            blocks,
+            lambda block: timed("bare", lambda: _user_bare(conn, transactions, (block + 1) * transactions)),
+            lambda block: timed("ledger", lambda: _user_ledgered(actor.context, conn, transactions,
+                                                                 (block + 1) * transactions)))
         actor.teardown()
         history.close()
         context.close()
         lines = sum(1 for path in layout.ledger_dir.glob("*.ledger") for _ in open(path))
     ratio = statistics.median(ledgered) / statistics.median(bare)
+    cpu_bare, cpu_ledger = statistics.median(cpu["bare"]), statistics.median(cpu["ledger"])
     return {
         "what": "a user function's write transactions per second, with the ledger API vs without, alternating "
                 "blocks in one process on one database",
         "sqlite_version": sqlite3.sqlite_version, "transactions_per_block": transactions, "blocks": blocks,
         "bare_tx_per_s": [round(v, 1) for v in bare], "ledger_api_tx_per_s": [round(v, 1) for v in ledgered],
         "ledger_api_over_bare": round(ratio, 3), "ledger_lines": lines,
+        "cpu_us_per_tx_bare": round(cpu_bare, 2), "cpu_us_per_tx_ledger_api": round(cpu_ledger, 2),
+        "cpu_us_added_per_tx": round(cpu_ledger - cpu_bare, 2),
     }
 
 
@@ -266,6 +283,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--transactions", type=int, default=300)
     parser.add_argument("--blocks", type=int, default=5)
     parser.add_argument("--pages", type=int, default=2000)
+    parser.add_argument("--ledger-transactions", type=int, default=200,
+                        help="the ledger API's benchmark: transactions per block (default 200)")
+    parser.add_argument("--ledger-blocks", type=int, default=40,
+                        help="the ledger API's benchmark: blocks per side (default 40)")
     parser.add_argument("--cache-dir")
     parser.add_argument("--out", help="write the result as JSON to this file")
     parser.add_argument("--lock-watch", action="store_true", help="also measure the lock watch (8 workers, "
@@ -273,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     result = measure_overhead(pages=args.pages, transactions=args.transactions, blocks=args.blocks,
                               cache_dir=args.cache_dir)
-    result["ledger_api"] = measure_ledger_api(transactions=args.transactions, blocks=args.blocks,
+    result["ledger_api"] = measure_ledger_api(transactions=args.ledger_transactions, blocks=args.ledger_blocks,
                                               cache_dir=args.cache_dir)
     if args.lock_watch:
         result["lock_watch"] = measure_lock_watch(cache_dir=args.cache_dir)

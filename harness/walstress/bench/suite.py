@@ -34,7 +34,7 @@ from typing import Any, Callable
 
 import psutil
 
-from walstress.bench.overhead import alternate, measure_overhead
+from walstress.bench.overhead import alternate, measure_ledger_api, measure_overhead
 from walstress.database.schema import SCHEMAS
 from walstress.database.template import (SESSION_COLUMNS, build_database, copy_template, corpus_rows, get_template,
                                          insert_statement, message_columns)
@@ -46,12 +46,13 @@ SIZES: dict[str, dict[str, Any]] = {
              "tx_pages": 300, "writers": (2,), "pressure_s": 1.0, "pressure_blocks": 1, "sampler_s": 0.5,
              "sampler_hz": (50,), "check_pages": 400, "check_blocks": 2, "run_pages": (300,), "run_blocks": 1,
              "repro_runs": 1, "repro_s": 1.5, "figures_s": 1.0, "matrix_runs": 2, "memory_s": 2.0,
-             "disk_s": 0.5},
+             "disk_s": 0.5, "ledger_tx": 20, "ledger_blocks": 2},
     "full": {"build_pages": 65536, "build_blocks": 2, "copy_pages": 65536, "copy_blocks": 5, "tx": 400,
              "tx_blocks": 5, "tx_pages": 8000, "writers": (2, 4, 8), "pressure_s": 10.0, "pressure_blocks": 2,
              "sampler_s": 10.0, "sampler_hz": (50, 100, 200), "check_pages": 65536, "check_blocks": 3,
              "run_pages": (8000, 65536, 262144), "run_blocks": 3, "repro_runs": 5, "repro_s": 20.0,
-             "figures_s": 60.0, "matrix_runs": 36, "memory_s": 600.0, "disk_s": None},
+             "figures_s": 60.0, "matrix_runs": 36, "memory_s": 600.0, "disk_s": None, "ledger_tx": 200,
+             "ledger_blocks": 40},
 }
 
 
@@ -579,8 +580,21 @@ def _disk_usage(folder: Path) -> int:
     return total
 
 
+# ------------------------------------------------------------------ 12: the ledger API
+def bench_ledger_api(size: dict[str, Any], cache_dir: Path | None) -> Row:
+    """A user function's write loop through the python role's ledger API (ctx.transaction, txn.wrote) vs
+    the same loop with no ledger calls, in short alternating blocks."""
+    result = measure_ledger_api(transactions=size["ledger_tx"], blocks=size["ledger_blocks"], cache_dir=cache_dir)
+    row = Row(12, "the python role's ledger API on a user's write loop (one upsert a transaction, synchronous FULL)",
+              "the same loop without ledger calls", ">= 0.9x", "/s", walstress=result["ledger_api_tx_per_s"],
+              base=result["bare_tx_per_s"],
+              detail={k: result[k] for k in ("cpu_us_per_tx_bare", "cpu_us_per_tx_ledger_api", "cpu_us_added_per_tx",
+                                             "transactions_per_block", "blocks", "ledger_lines")})
+    return row.finish(partial(_at_least, 0.9))
+
+
 # ------------------------------------------------------------------ the suite
-BENCHMARKS = tuple(range(1, 12))
+BENCHMARKS = tuple(range(1, 13))
 
 
 def run_suite(size_name: str = "full", *, only: list[int] | None = None, cache_dir: str | Path | None = None,
@@ -607,7 +621,7 @@ def run_suite(size_name: str = "full", *, only: list[int] | None = None, cache_d
             5: lambda: bench_sampler(size, work), 6: lambda: bench_check(size, work, cache),
             7: lambda: bench_fixed_cost(size, work, cache), 8: lambda: bench_reproduce(size, work, cache, root),
             9: lambda: bench_figures(size, work, cache), 10: lambda: bench_memory(size, work, cache),
-            11: lambda: bench_disk(size, work, cache, root),
+            11: lambda: bench_disk(size, work, cache, root), 12: lambda: bench_ledger_api(size, cache),
         }
         for number in wanted:
             t0 = time.perf_counter()
