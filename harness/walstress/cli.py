@@ -242,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = _add(sub, "bench", "bench.json")
     bench.add_argument("--size", choices=("full", "tiny"), default="full",
                        help="full: the README's sizes (tens of minutes); tiny: small databases, seconds")
-    bench.add_argument("--only", help="comma-separated benchmark numbers (1-11), e.g. 1,3,7 (default: all)")
+    bench.add_argument("--only", help="comma-separated benchmark numbers (1-12), e.g. 1,3,7 (default: all)")
     bench.add_argument("--out", help="output folder (default: reports/bench-<time>)")
     _cache_dir_option(bench)
 
