@@ -55,6 +55,13 @@ def test_a_lock_lost_before_the_first_corruption_error_is_the_cause(tmp_path):
     assert out["lock_watch"]["counts"]["lock_lost"] == 1
 
 
+@pytest.mark.parametrize("t, said", [(-0.001, "at 0.00 s,"), (-0.5, "at 0.50 s before the go,")])
+def test_a_lock_lost_as_the_go_was_given_is_dated_without_a_minus_sign(tmp_path, t, said):
+    run = evidence(tmp_path, [lock_lost(t), corruption_error(0.4), WATCHED])
+    sentence = attribute(run, "corrupt")["cause"]["sentence"]
+    assert said in sentence and "-0." not in sentence, sentence
+
+
 def test_a_lock_loss_seen_within_one_sample_after_the_first_error_may_have_come_first(tmp_path):
     # sampled at 20 Hz: a loss first seen 30 ms after the error happened up to 50 ms before it was seen
     watched = {"lock_watch": {"hz": 20.0}, "database": {"journal_mode": "WAL"}}

@@ -65,7 +65,10 @@ class Damage:
         """A time of the run as text: "2.31 s" after the go."""
         if t is None or self.t_go is None:
             return "an unknown time"
-        return f"{t - self.t_go:.2f} s"
+        offset = t - self.t_go
+        if offset <= -0.005:
+            return f"{-offset:.2f} s before the go"
+        return f"{max(offset, 0.0):.2f} s"   # a sample taken as the go was given: 0.00, not -0.00
 
     def before(self, t: float) -> str:
         """", 0.42 s before the first corruption error" / ", before the checks at the end found the damage"."""
