@@ -189,13 +189,11 @@ def _user_ledgered(ctx: Any, conn: sqlite3.Connection, transactions: int, start:
     return transactions / (time.perf_counter() - started)
 
 
-def measure_ledger_api(*, transactions: int = 200, blocks: int = 40, pages: int = 300,
-                       cache_dir: str | Path | None = None) -> dict[str, Any]:
-    """The python role's ledger API (ctx.transaction + txn.wrote) vs the same user loop without it: many
-    short blocks, alternating, in one process on one database (a block's rate moves with the storage's
-    sync times; short alternating blocks put both loops under the same moments). Besides the wall-clock
-    ratio, the thread's CPU time per transaction on each side: what the API adds, with the sync's wait
-    left out."""
+@contextlib.contextmanager
+def python_actor(folder: Path, *, pages: int = 300, cache_dir: str | Path | None = None) -> Iterator[Any]:
+    """A python-role worker's actor set up in this process on a fresh database in ``folder`` (a run dir's
+    layout): its context (``actor.context``) is what a user's function gets. Torn down afterwards, its
+    history and ledger files closed."""
     from walstress.workers.python import PythonActor, PythonSettings
 
     scenario = scenario_from_dict({"name": "bench-ledger-api", "database": {"schema": "minimal", "pages": pages},
@@ -203,6 +201,30 @@ def measure_ledger_api(*, transactions: int = 200, blocks: int = 40, pages: int 
                                    "workers": [{"role": "python", "entry": "walstress.bench.overhead:user_function"}]},
                                   source="<bench>")
     template, _ = get_template(schema="minimal", pages=pages, page_size=4096, seed=0, cache_dir=cache_dir)
+    layout = RunLayout(folder)
+    layout.make_dirs()
+    facts = prepare_database(template, layout.db_path, scenario)
+    spec = build_specs(scenario, layout, facts, seed=1, sqlite_paths=[], pragmas=[])[0]
+    history = HistoryWriter(layout.history(spec.stem))
+    context = WorkerContext(spec=spec, settings=PythonSettings(**spec.settings), history=history,
+                            stop=threading.Event())
+    actor = PythonActor(context, 0)
+    actor.setup()
+    try:
+        yield actor
+    finally:
+        actor.teardown()
+        history.close()
+        context.close()
+
+
+def measure_ledger_api(*, transactions: int = 200, blocks: int = 40, pages: int = 300,
+                       cache_dir: str | Path | None = None) -> dict[str, Any]:
+    """The python role's ledger API (ctx.transaction + txn.wrote) vs the same user loop without it: many
+    short blocks, alternating, in one process on one database (a block's rate moves with the storage's
+    sync times; short alternating blocks put both loops under the same moments). Besides the wall-clock
+    ratio, the thread's CPU time per transaction on each side: what the API adds, with the sync's wait
+    left out."""
     cpu: dict[str, list[float]] = {"bare": [], "ledger": []}
 
     def timed(side: str, loop: Callable[[], float]) -> float:
@@ -212,27 +234,16 @@ def measure_ledger_api(*, transactions: int = 200, blocks: int = 40, pages: int 
         return rate
 
     with tempfile.TemporaryDirectory(prefix="walstress-bench-") as tmp:
-        layout = RunLayout(Path(tmp))
-        layout.make_dirs()
-        facts = prepare_database(template, layout.db_path, scenario)
-        spec = build_specs(scenario, layout, facts, seed=1, sqlite_paths=[], pragmas=[])[0]
-        history = HistoryWriter(layout.history(spec.stem))
-        context = WorkerContext(spec=spec, settings=PythonSettings(**spec.settings), history=history,
-                                stop=threading.Event())
-        actor = PythonActor(context, 0)
-        actor.setup()
-        conn = actor.context.connect()
-        conn.execute(_KV_SCHEMA)
-        _user_bare(conn, max(20, transactions // 10), 0)  # warm up
-        bare, ledgered = alternate(
-            blocks,
-            lambda block: timed("bare", lambda: _user_bare(conn, transactions, (block + 1) * transactions)),
-            lambda block: timed("ledger", lambda: _user_ledgered(actor.context, conn, transactions,
-                                                                 (block + 1) * transactions)))
-        actor.teardown()
-        history.close()
-        context.close()
-        lines = sum(1 for path in layout.ledger_dir.glob("*.ledger") for _ in open(path))
+        with python_actor(Path(tmp), pages=pages, cache_dir=cache_dir) as actor:
+            conn = actor.context.connect()
+            conn.execute(_KV_SCHEMA)
+            _user_bare(conn, max(20, transactions // 10), 0)  # warm up
+            bare, ledgered = alternate(
+                blocks,
+                lambda block: timed("bare", lambda: _user_bare(conn, transactions, (block + 1) * transactions)),
+                lambda block: timed("ledger", lambda: _user_ledgered(actor.context, conn, transactions,
+                                                                     (block + 1) * transactions)))
+        lines = sum(1 for path in RunLayout(Path(tmp)).ledger_dir.glob("*.ledger") for _ in open(path))
     ratio = statistics.median(ledgered) / statistics.median(bare)
     cpu_bare, cpu_ledger = statistics.median(cpu["bare"]), statistics.median(cpu["ledger"])
     return {
