@@ -298,3 +298,79 @@ def test_init_refuses_what_it_cannot_use(app, monkeypatch, capsys):
     assert main(["init", "--db", "missing.db"]) == 2
     assert "no such file" in capsys.readouterr().err
     assert not (app / "walstress.toml").exists()
+
+
+class _CommitsThenFails:
+    """A connection whose COMMIT goes through and then reports an error: SQLite's "disk I/O error" after the
+    commit reached the WAL is the real case; the ledger cannot know which side of it the rows are on."""
+
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+
+    @property
+    def in_transaction(self) -> bool:
+        return self.conn.in_transaction
+
+    def execute(self, sql: str, *args):
+        result = self.conn.execute(sql, *args)
+        if sql == "COMMIT":
+            raise sqlite3.OperationalError("disk I/O error")
+        return result
+
+
+def test_a_transactions_ledger_for_every_way_it_ends(tmp_path, cache_dir):
+    """ctx.transaction on a real connection: committed (P, A); the body raised (rolled back before any P);
+    COMMIT refused with the transaction still open (P, then F once rolled back); COMMIT failed after it went
+    through (P alone: indeterminate, never failed by a later transaction's failure). Every error is an op
+    record of the transaction's kind."""
+    from walstress.bench.overhead import python_actor
+    from walstress.history import read_records
+    from walstress.ledger import read_ledger
+
+    run_dir = tmp_path / "run"
+    with python_actor(run_dir, cache_dir=cache_dir) as actor:
+        ctx = actor.context
+        conn = ctx.connect()
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("CREATE TABLE parent(id INTEGER PRIMARY KEY)")
+        conn.execute("CREATE TABLE child(id INTEGER PRIMARY KEY, "
+                     "parent INTEGER REFERENCES parent(id) DEFERRABLE INITIALLY DEFERRED)")
+
+        def refused(child: int) -> None:   # a deferred foreign key: COMMIT fails, the transaction stays open
+            with pytest.raises(sqlite3.IntegrityError):
+                with ctx.transaction(conn) as txn:
+                    conn.execute("INSERT INTO child VALUES (?, 99)", (child,))
+                    txn.wrote("child", child, {"parent": 99})
+            assert not conn.in_transaction
+
+        def body_raises() -> None:
+            with pytest.raises(ZeroDivisionError):
+                with ctx.transaction(conn) as txn:
+                    conn.execute("INSERT INTO parent VALUES (2)")
+                    txn.wrote("parent", 2, {"id": 2})
+                    1 / 0
+            assert not conn.in_transaction
+
+        with ctx.transaction(conn) as txn:                                   # ledger txn 1: acknowledged
+            conn.execute("INSERT INTO parent VALUES (1)")
+            txn.wrote("parent", 1, {"id": 1})
+        body_raises()                                                        # no ledger txn
+        refused(1)                                                           # txn 2: failed
+        with pytest.raises(sqlite3.OperationalError):                        # txn 3: indeterminate
+            with ctx.transaction(_CommitsThenFails(conn), kind="upsert") as txn:
+                conn.execute("INSERT INTO parent VALUES (3)")
+                txn.wrote("parent", 3, {"id": 3})
+        body_raises()                                                        # txn 3 stays indeterminate
+        refused(2)                                                           # txn 4: failed
+        rows = [r[0] for r in conn.execute("SELECT id FROM parent ORDER BY id")]
+    assert rows == [1, 3], "the unclear COMMIT went through; nothing else but the first"
+    ledger = read_ledger(run_dir / "ledger")
+    assert [(t.txn, t.state) for t in ledger.transactions] == [(1, "acked"), (2, "failed"), (3, "pending"),
+                                                              (4, "failed")]
+    assert ledger.garbled_lines == 0
+    ops = [r for path in (run_dir / "history").glob("*.jsonl") for r in read_records(path) if r["type"] == "op"]
+    assert [(r["kind"], r["ok"], r["err"], r.get("msg")) for r in ops] == [
+        ("write", True, None, None), ("write", False, "other", "division by zero"),
+        ("write", False, "other", "FOREIGN KEY constraint failed"), ("upsert", False, "ioerr", "disk I/O error"),
+        ("write", False, "other", "division by zero"), ("write", False, "other", "FOREIGN KEY constraint failed")]
+    assert ops[0]["rows"] == 1
