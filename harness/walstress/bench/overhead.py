@@ -80,18 +80,24 @@ def alternate(blocks: int, first: Callable[[int], float], second: Callable[[int]
 
 
 @contextlib.contextmanager
-def _writer(spec: WorkerSpec, history_path: Path) -> Iterator[Writer]:
-    """The writer role, set up on the spec's database, torn down afterwards."""
+def _actor(actor_class: Any, settings_class: Any, spec: WorkerSpec, history_path: Path) -> Iterator[Any]:
+    """A role's actor (thread 0), set up in this process on the spec's database, torn down afterwards with
+    its history and ledger files closed."""
     history = HistoryWriter(history_path)
-    ctx = WorkerContext(spec=spec, settings=WriterSettings(**spec.settings), history=history, stop=threading.Event())
-    writer = Writer(ctx, 0)
-    writer.setup()
+    ctx = WorkerContext(spec=spec, settings=settings_class(**spec.settings), history=history, stop=threading.Event())
+    actor = actor_class(ctx, 0)
+    actor.setup()
     try:
-        yield writer
+        yield actor
     finally:
-        writer.teardown()
+        actor.teardown()
         history.close()
         ctx.close()
+
+
+def _writer(spec: WorkerSpec, history_path: Path) -> contextlib.AbstractContextManager[Writer]:
+    """The writer role, set up on the spec's database, torn down afterwards."""
+    return _actor(Writer, WriterSettings, spec, history_path)
 
 
 def _bare_writer_block(spec: WorkerSpec, history_path: Path, transactions: int, batch: int) -> float:
@@ -205,17 +211,8 @@ def python_actor(folder: Path, *, pages: int = 300, cache_dir: str | Path | None
     layout.make_dirs()
     facts = prepare_database(template, layout.db_path, scenario)
     spec = build_specs(scenario, layout, facts, seed=1, sqlite_paths=[], pragmas=[])[0]
-    history = HistoryWriter(layout.history(spec.stem))
-    context = WorkerContext(spec=spec, settings=PythonSettings(**spec.settings), history=history,
-                            stop=threading.Event())
-    actor = PythonActor(context, 0)
-    actor.setup()
-    try:
+    with _actor(PythonActor, PythonSettings, spec, layout.history(spec.stem)) as actor:
         yield actor
-    finally:
-        actor.teardown()
-        history.close()
-        context.close()
 
 
 def measure_ledger_api(*, transactions: int = 200, blocks: int = 40, pages: int = 300,
