@@ -22,6 +22,7 @@ import os
 import threading
 import time
 from collections import deque
+from sys import intern
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -93,7 +94,9 @@ class HistoryWriter:
 
 
 def read_records(path: str | Path) -> Iterator[dict[str, Any]]:
-    """Records of one history file; a torn or garbled line is skipped."""
+    """Records of one history file; a torn or garbled line is skipped. Each record's keys and short texts
+    are shared with the other records' (a run's history repeats the same few words in every record, and
+    the judge and the report hold it whole: this takes a record from about 1 KB to a third of that)."""
     try:
         with open(path, "rb") as handle:
             for raw in handle:
@@ -104,7 +107,7 @@ def read_records(path: str | Path) -> Iterator[dict[str, Any]]:
                 except ValueError:
                     continue
                 if isinstance(rec, dict):
-                    yield rec
+                    yield {intern(k): intern(v) if type(v) is str and len(v) <= 64 else v for k, v in rec.items()}
     except FileNotFoundError:
         return
 
