@@ -128,7 +128,7 @@ def row_ref(table: str, key: Any) -> Ref:
     return f"{table}:{key_text(key)}"
 
 
-@dataclass
+@dataclass(slots=True)
 class LedgerOp:
     """The built-in roles' change of one ``messages`` row (compact form)."""
 
@@ -461,7 +461,7 @@ def trim_ledger_files(folder: str | Path) -> None:
             os.close(fd)
 
 
-@dataclass
+@dataclass(slots=True)
 class LedgerTxn:
     source: str
     txn: int
@@ -496,13 +496,14 @@ def read_ledger(folder: str | Path) -> Ledger:
         return ledger
     for path in sorted(folder.glob("*.ledger")):
         ledger.files.append(path.name)
+        source = path.stem
         open_txns: dict[int, LedgerTxn] = {}
         for kind, fields in read_ledger_file(path):
             try:
                 txn = int(fields[0])
                 when = float(fields[1])
                 if kind == "P":
-                    entry = LedgerTxn(path.stem, txn, when, decode_ops(fields[2] if len(fields) > 2 else ""))
+                    entry = LedgerTxn(source, txn, when, decode_ops(fields[2] if len(fields) > 2 else ""))
                     open_txns[txn] = entry
                     ledger.transactions.append(entry)
                 elif kind in ("A", "F") and txn in open_txns:

@@ -31,7 +31,7 @@ LOST_IDS_IN_SUMMARY = 1000
 _CHUNK = 400
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Expected:
     """What an acknowledged change says a row must be."""
 
