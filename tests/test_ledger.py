@@ -334,3 +334,17 @@ def test_history_records_from_many_threads_are_each_written_once_in_order(tmp_pa
     assert len(records) == 4 * per_thread and "after" not in records[-1]
     for index in range(4):
         assert [r["n"] for r in records if r["thread"] == index] == list(range(per_thread))
+
+
+def test_without_posix_fallocate_the_ledger_file_only_grows(tmp_path, monkeypatch):
+    """Where the platform has no posix_fallocate (macOS), a window is reserved by growing the file."""
+    import os
+
+    from walstress.ledger import LedgerWriter, read_ledger
+
+    monkeypatch.delattr(os, "posix_fallocate")
+    writer = LedgerWriter(tmp_path / "ledger" / "w-t0.ledger")
+    writer.acknowledge(writer.prepare([RowOp.written("kv", "a", {"v": 1})]))
+    assert (tmp_path / "ledger" / "w-t0.ledger").stat().st_size == LedgerWriter.CHUNK
+    writer.close()
+    assert [t.state for t in read_ledger(tmp_path / "ledger").transactions] == ["acked"]

@@ -421,12 +421,15 @@ def _reserve(fd: int, size: int) -> None:
     have = os.fstat(fd).st_size
     if have >= size:
         return
+    fallocate = getattr(os, "posix_fallocate", None)   # not on macOS: there the file only grows
     try:
-        os.posix_fallocate(fd, have, size - have)
+        if fallocate is not None:
+            fallocate(fd, have, size - have)
+            return
     except OSError as exc:
         if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
             raise
-        os.ftruncate(fd, size)
+    os.ftruncate(fd, size)
 
 
 def _data_end(fd: int) -> int:
