@@ -348,3 +348,88 @@ def test_without_posix_fallocate_the_ledger_file_only_grows(tmp_path, monkeypatc
     assert (tmp_path / "ledger" / "w-t0.ledger").stat().st_size == LedgerWriter.CHUNK
     writer.close()
     assert [t.state for t in read_ledger(tmp_path / "ledger").transactions] == ["acked"]
+
+
+def _acked(folder):
+    from walstress.ledger import read_ledger
+
+    ledger = read_ledger(folder)
+    return [t.state for t in ledger.transactions], ledger.garbled_lines
+
+
+def test_a_full_disk_as_a_line_crosses_windows_fails_that_line_only(tmp_path, monkeypatch):
+    """No room for the next window: the line that needed it fails with nothing of it left in the file,
+    the lines before it stay, and the writer carries on (a line longer than a window too) once there is."""
+    import errno
+    import mmap
+
+    from walstress import ledger as ledger_module
+
+    monkeypatch.setattr(ledger_module.LedgerWriter, "CHUNK", mmap.ALLOCATIONGRANULARITY)
+    writer = ledger_module.LedgerWriter(tmp_path / "ledger" / "w-t0.ledger")
+    op = [RowOp.written("kv", "k", {"v": 1})]
+    while writer._at < writer.CHUNK - 200:
+        writer.acknowledge(writer.prepare(op))
+    before = writer.acknowledged
+    reserve = ledger_module._reserve
+
+    def full(fd, size):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ledger_module, "_reserve", full)
+    with pytest.raises(OSError):
+        writer.prepare([RowOp.written("kv", f"k{i}", {"v": i}) for i in range(8)])
+    monkeypatch.setattr(ledger_module, "_reserve", reserve)
+    writer.acknowledge(writer.prepare([RowOp.written("kv", f"big-{i}", {"v": "x" * 60}) for i in range(100)]))
+    writer.acknowledge(writer.prepare(op))
+    writer.close()
+    states, garbled = _acked(tmp_path / "ledger")
+    assert states == ["acked"] * (before + 2) and garbled == 0
+    assert (tmp_path / "ledger" / "w-t0.ledger").read_bytes().endswith(b"\n")
+
+
+def test_a_line_written_in_part_is_taken_back(tmp_path, monkeypatch):
+    """Where every line is written (no map), a write that stops half way (a full disk) leaves no part of
+    the line for the next one to join, and close() does not cut the lines after it."""
+    import errno
+    import mmap
+    import os
+
+    from walstress import ledger as ledger_module
+
+    def refuse(*args, **kwargs):
+        raise OSError(19, "No such device")
+
+    monkeypatch.setattr(mmap, "mmap", refuse)
+    writer = ledger_module.LedgerWriter(tmp_path / "ledger" / "w-t0.ledger")
+    op = [RowOp.written("kv", "k", {"v": 1})]
+    writer.acknowledge(writer.prepare(op))
+    pwrite = os.pwrite
+    calls = []
+
+    def half_then_full(fd, data, offset):
+        calls.append(len(data))
+        if len(calls) == 1:
+            return pwrite(fd, bytes(data)[:len(data) // 2], offset)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "pwrite", half_then_full)
+    with pytest.raises(OSError):
+        writer.prepare(op)
+    monkeypatch.setattr(os, "pwrite", pwrite)
+    writer.acknowledge(writer.prepare(op))
+    writer.close()
+    assert _acked(tmp_path / "ledger") == (["acked", "acked"], 0)
+
+
+def test_a_reopened_file_loses_its_torn_line_not_the_next_one(tmp_path):
+    from walstress.ledger import LedgerWriter
+
+    path = tmp_path / "ledger" / "w-t0.ledger"
+    path.parent.mkdir()
+    path.write_bytes(b'P 1 1.000000 J[{"a":"W","t":"kv","k":"a","c":1,"cols":["v"]}]\nA 1 1.100000\nP 2 1.2 J[{"a"')
+    writer = LedgerWriter(path)
+    writer.acknowledge(writer.prepare([RowOp.written("kv", "b", {"v": 2})]))
+    writer.close()
+    assert _acked(path.parent) == (["acked", "acked"], 0)
+    assert [line[0] for line in _lines(path)] == ["P", "A", "P", "A"]

@@ -314,10 +314,16 @@ def decode_ops(text: str) -> list[AnyOp]:
 class LedgerWriter:
     """One thread's ledger file, appended through a shared memory map: a stored line is in the file's page
     cache at once (readers see it, and it outlives this process if it is killed) with no system call per
-    line, which is the point: the ledger's cost is what it adds to every user transaction. The file grows by
-    reserved chunks (a full disk fails here, in ``posix_fallocate``, never later as a SIGBUS) and is cut to
-    its lines by :meth:`close`; a killed writer's file ends in zero bytes, which readers skip and
-    :func:`trim_ledger_files` cuts. Where the file cannot be mapped, each line is one unbuffered write."""
+    line, which is the point: the ledger's cost is what it adds to every user transaction.
+
+    A line's newline is stored after the rest of it, so a line that ends in one is whole, whenever the
+    writer was killed. The file grows by chunks reserved before a byte goes into them (with
+    ``posix_fallocate`` where the platform has it, so a full disk is an error of the line being stored,
+    and the writer carries on once there is room); a line that does not fit the mapped window is written
+    with ``pwrite`` and the window moves on; a line that could not be stored leaves nothing behind. The
+    file is cut to its lines by :meth:`close`; a killed writer's file ends in zeros (or a torn line),
+    which readers skip and :func:`trim_ledger_files` cuts. Where the file cannot be mapped at all, every
+    line is a ``pwrite``."""
 
     CHUNK = 1 << 18
 
@@ -327,74 +333,88 @@ class LedgerWriter:
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         self._txn = 0
         self.acknowledged = 0
-        end = _data_end(self._fd)              # after any lines already there (a reopened file)
+        end = _data_end(self._fd)              # after the lines already there (a reopened file)
+        os.ftruncate(self._fd, end)            # not after a killed writer's zeros or torn line
         self._base = end - end % self.CHUNK    # the mapped window's place in the file
         self._at = end - self._base            # where the next line goes in the window
-        self._limit = self.CHUNK               # the window's end; -1 when lines are written, not mapped
+        self._limit = -1                       # a line that ends before this fits the window (-1: none)
         self._map: mmap.mmap | None = None
         try:
-            self._map = self._window()
-        except OSError:                        # no shared mappings here: append with write()
+            self._map_window(self._base)
+        except OSError:                        # no shared mappings here: every line is written
             os.ftruncate(self._fd, end)
-            os.lseek(self._fd, end, os.SEEK_SET)
-            self._limit = -1
 
-    def _window(self) -> mmap.mmap:
-        _reserve(self._fd, self._base + self.CHUNK)
-        return mmap.mmap(self._fd, self.CHUNK, mmap.MAP_SHARED, mmap.PROT_WRITE | mmap.PROT_READ, offset=self._base)
+    def _map_window(self, base: int) -> None:
+        """Map the chunk at ``base`` (reserved first) in place of the current window."""
+        _reserve(self._fd, base + self.CHUNK)
+        window = mmap.mmap(self._fd, self.CHUNK, mmap.MAP_SHARED, mmap.PROT_WRITE | mmap.PROT_READ, offset=base)
+        if self._map is not None:
+            self._map.close()
+        self._map, self._limit = window, self.CHUNK
+        self._at += self._base - base
+        self._base = base
 
-    def _store(self, data: bytes) -> None:
-        """Append one line (bytes with their newline). Kept short: it runs twice per transaction."""
+    def _store(self, line: bytes) -> None:
+        """Append one line (given without its newline). Kept short: it runs twice per transaction."""
         at = self._at
-        end = at + len(data)
-        if end <= self._limit:
-            self._map[at:end] = data   # type: ignore[index]
-            self._at = end
+        end = at + len(line)
+        if end < self._limit:
+            window = self._map
+            window[at:end] = line   # type: ignore[index]
+            window[end] = 10        # type: ignore[index]   # the newline last: a line that has one is whole
+            self._at = end + 1
         else:
-            self._store_slow(data)
+            self._store_slow(line + b"\n")
 
     def _store_slow(self, data: bytes) -> None:
-        view = memoryview(data)
-        if self._map is None:
-            while view:
-                view = view[os.write(self._fd, view):]
-            self._at += len(data)
-            return
-        while view:
-            if self._at == self.CHUNK:         # this window is full: map the next chunk
-                self._map.close()
-                self._map = None
-                self._base += self.CHUNK
-                self._at = 0
-                self._map = self._window()
-            part = view[:self.CHUNK - self._at]
-            self._map[self._at:self._at + len(part)] = part
-            self._at += len(part)
-            view = view[len(part):]
+        """A line past the window's end (or with no window): reserve what it needs, write it, move the
+        window to where the next line goes. If it cannot be stored, nothing of it stays in the file."""
+        start = self._base + self._at
+        end = start + len(data)
+        mapped = self._map is not None
+        if mapped:
+            _reserve(self._fd, end - end % self.CHUNK + self.CHUNK)   # before a byte of it is written
+        written = 0
+        try:
+            while written < len(data):
+                written += os.pwrite(self._fd, memoryview(data)[written:], start + written)
+        except OSError:
+            if written and mapped:
+                os.pwrite(self._fd, bytes(written), start)   # reserved: zeros, as if never written
+            elif written:
+                os.ftruncate(self._fd, start)
+            raise
+        self._at += len(data)
+        if mapped and end - end % self.CHUNK != self._base:
+            try:
+                self._map_window(end - end % self.CHUNK)
+            except OSError:                    # the line is stored; later ones are written
+                self._map.close()   # type: ignore[union-attr]
+                self._map, self._limit = None, -1
 
     def prepare(self, ops: Iterable[AnyOp]) -> int:
         """Record what the open transaction changed; call right before COMMIT."""
         self._txn += 1
-        self._store(f"P {self._txn} {_stamp()} {encode_ops(ops)}\n".encode("ascii"))
+        self._store(f"P {self._txn} {_stamp()} {encode_ops(ops)}".encode("ascii"))
         return self._txn
 
     def prepare_texts(self, texts: list[str]) -> int:
         """:meth:`prepare` with each change already encoded (:func:`written_text`, ``RowOp.encode``)."""
         self._txn += 1
-        self._store(f"P {self._txn} {_stamp()} J[{','.join(texts)}]\n".encode("ascii"))
+        self._store(f"P {self._txn} {_stamp()} J[{','.join(texts)}]".encode("ascii"))
         return self._txn
 
     def acknowledge(self, txn: int) -> None:
         """COMMIT returned successfully: the transaction is acknowledged."""
-        self._store(f"A {txn} {_stamp()}\n".encode("ascii"))
+        self._store(f"A {txn} {_stamp()}".encode("ascii"))
         self.acknowledged += 1
 
     def fail(self, txn: int) -> None:
         """The transaction was certainly rolled back."""
-        self._store(f"F {txn} {_stamp()}\n".encode("ascii"))
+        self._store(f"F {txn} {_stamp()}".encode("ascii"))
 
     def close(self) -> None:
-        """Unmap and cut the file to its lines (idempotent)."""
+        """Unmap and cut the file to its lines (idempotent; a line stored after it raises OSError)."""
         if self._fd < 0:
             return
         try:
@@ -406,7 +426,7 @@ class LedgerWriter:
             pass
         finally:
             os.close(self._fd)
-            self._fd = -1
+            self._fd, self._limit = -1, -1
 
 
 def _stamp() -> str:
@@ -417,11 +437,12 @@ def _stamp() -> str:
 
 
 def _reserve(fd: int, size: int) -> None:
-    """The file is at least ``size`` bytes, with its blocks allocated where the file system can."""
+    """The file is at least ``size`` bytes, its blocks allocated where the platform can (without
+    ``posix_fallocate``, as on macOS, the file only grows, and a full disk shows when a page is written)."""
     have = os.fstat(fd).st_size
     if have >= size:
         return
-    fallocate = getattr(os, "posix_fallocate", None)   # not on macOS: there the file only grows
+    fallocate = getattr(os, "posix_fallocate", None)
     try:
         if fallocate is not None:
             fallocate(fd, have, size - have)
@@ -433,15 +454,14 @@ def _reserve(fd: int, size: int) -> None:
 
 
 def _data_end(fd: int) -> int:
-    """Where a ledger file's lines end: its size less the zero bytes a mapped writer left after them."""
-    size = os.fstat(fd).st_size
-    end = size
+    """Where a ledger file's whole lines end: after its last newline (what a killed writer left after it,
+    zeros or a torn line, is not a line)."""
+    end = os.fstat(fd).st_size
     while end > 0:
         start = max(0, end - 65536)
-        block = os.pread(fd, end - start, start)
-        stripped = block.rstrip(b"\0")
-        if stripped:
-            return start + len(stripped)
+        newline = os.pread(fd, end - start, start).rfind(b"\n")
+        if newline >= 0:
+            return start + newline + 1
         end = start
     return 0
 
