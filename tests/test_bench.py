@@ -19,13 +19,36 @@ def test_overhead_benchmark_measures_both_loops(cache_dir):
     assert result["harness_over_bare"] > 0
 
 
-def test_ledger_api_benchmark_measures_both_loops(cache_dir):
+def test_ledger_api_benchmark_measures_the_three_loops(cache_dir, tmp_path):
+    import statistics as stats
+
     from walstress.bench import measure_ledger_api
 
-    result = measure_ledger_api(transactions=20, blocks=2, cache_dir=cache_dir)
-    assert len(result["bare_tx_per_s"]) == len(result["ledger_api_tx_per_s"]) == 2
-    assert result["ledger_lines"] == 2 * 20 * 2  # a P and an A line per transaction of the ledgered loop
-    assert result["ledger_api_over_bare"] > 0
+    result = measure_ledger_api(transactions=20, blocks=3, cache_dir=cache_dir)
+    loops = (result["bare_tx_per_s"], result["recorded_tx_per_s"], result["ledger_api_tx_per_s"])
+    assert [len(rates) for rates in loops] == [3, 3, 3] and min(map(min, loops)) > 0
+    assert result["ledger_lines"] == 2 * 20 * 3  # a P and an A line per transaction of the ledgered loop only
+    bare, recorded, ledgered = map(stats.median, loops)
+    assert result["ledger_api_over_recorded"] == pytest.approx(ledgered / recorded, abs=0.0005)
+    assert result["ledger_api_over_bare"] == pytest.approx(ledgered / bare, abs=0.0005)
+    cpu = result["cpu_us_per_tx"]
+    assert result["cpu_us_added_by_the_ledger"] == pytest.approx(cpu["ledger"] - cpu["recorded"], abs=0.011)
+
+
+def test_rotate_turns_the_order_of_every_side_block_by_block():
+    from walstress.bench.overhead import alternate, rotate
+
+    seen: list[str] = []
+
+    def side(name: str):
+        return lambda block: seen.append(f"{name}{block}") or float(block)
+
+    figures = rotate(3, side("a"), side("b"), side("c"))
+    assert seen == ["a0", "b0", "c0", "b1", "c1", "a1", "c2", "a2", "b2"]
+    assert figures == [[0.0, 1.0, 2.0]] * 3
+    seen.clear()
+    alternate(2, side("x"), side("y"))
+    assert seen == ["x0", "y0", "y1", "x1"]
 
 
 def test_lock_watch_benchmark_runs_it_on_and_off(cache_dir):
@@ -67,9 +90,12 @@ def test_every_benchmark_measures_walstress_and_its_baseline(number, cache_dir, 
     if number == 11:   # the default keeps no clean run's database: less on disk than --keep all
         (row,) = rows
         assert row["walstress"][0] < row["base"][0], row
-    if number == 12:   # a P and an A line per ledgered transaction, and the CPU time of both loops
-        (row,) = rows
-        assert row["detail"]["ledger_lines"] == 2 * 20 * 2 and row["detail"]["cpu_us_per_tx_bare"] > 0, row
+    if number == 12:   # a P and an A line per ledgered transaction; the ledgered loop against two baselines
+        ledger, everything = rows
+        assert ledger["detail"]["ledger_lines"] == 2 * 20 * 2, ledger
+        assert min(ledger["detail"]["cpu_us_per_tx"].values()) > 0 and ledger["meets"] is not None, ledger
+        assert ledger["walstress"] == everything["walstress"] and ledger["base"] != everything["base"]
+        assert everything["meets"] is None and everything["ratio"] is not None, everything
     assert SIZES["tiny"].keys() == SIZES["full"].keys()
 
 

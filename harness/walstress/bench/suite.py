@@ -581,16 +581,21 @@ def _disk_usage(folder: Path) -> int:
 
 
 # ------------------------------------------------------------------ 12: the ledger API
-def bench_ledger_api(size: dict[str, Any], cache_dir: Path | None) -> Row:
-    """A user function's write loop through the python role's ledger API (ctx.transaction, txn.wrote) vs
-    the same loop with no ledger calls, in short alternating blocks."""
+def bench_ledger_api(size: dict[str, Any], cache_dir: Path | None) -> list[Row]:
+    """A user function's write loop through the python role's ledger API (ctx.transaction, txn.wrote), vs
+    the same loop with no ledger calls (each transaction in ctx.op, as a python worker without the ledger
+    records its operations), and vs the loop with no walstress call at all; short blocks in turn."""
     result = measure_ledger_api(transactions=size["ledger_tx"], blocks=size["ledger_blocks"], cache_dir=cache_dir)
-    row = Row(12, "the python role's ledger API on a user's write loop (one upsert a transaction, synchronous FULL)",
-              "the same loop without ledger calls", ">= 0.9x", "/s", walstress=result["ledger_api_tx_per_s"],
-              base=result["bare_tx_per_s"],
-              detail={k: result[k] for k in ("cpu_us_per_tx_bare", "cpu_us_per_tx_ledger_api", "cpu_us_added_per_tx",
-                                             "transactions_per_block", "blocks", "ledger_lines")})
-    return row.finish(partial(_at_least, 0.9))
+    detail = {k: result[k] for k in ("cpu_us_per_tx", "cpu_us_added_by_the_ledger", "cpu_us_added_by_walstress",
+                                     "transactions_per_block", "blocks", "ledger_lines")}
+    name = "the python role's ledger API on a user's write loop (one upsert a transaction, synchronous FULL)"
+    ledger = Row(12, name, "the same loop with no ledger calls (its transactions in ctx.op)", ">= 0.9x", "/s",
+                 walstress=result["ledger_api_tx_per_s"], base=result["recorded_tx_per_s"], detail=detail)
+    ledger.finish(partial(_at_least, 0.9))
+    everything = Row(12, name.replace("ledger API", "ledger API and op records"),
+                     "the same loop with no walstress call", "- (the ledger's own cost is the row above)", "/s",
+                     walstress=result["ledger_api_tx_per_s"], base=result["bare_tx_per_s"])
+    return [ledger, everything.finish()]
 
 
 # ------------------------------------------------------------------ the suite
