@@ -138,6 +138,34 @@ def start_controller(tmp_path: Path, args: list[str]) -> tuple[subprocess.Popen,
     return proc, run_dir
 
 
+_STOP_IN_A_HANDLER = """
+import os, signal, sys, threading
+from walstress.workers.main import set_soon
+stop = threading.Event()
+handler = (lambda *_: set_soon(stop)) if sys.argv[1] == "soon" else (lambda *_: stop.set())
+signal.signal(signal.SIGTERM, handler)
+with stop._cond:   # what Event.wait holds around its checks, where a worker's main thread spends its time
+    os.kill(os.getpid(), signal.SIGTERM)
+    for _ in range(10000):
+        pass       # the handler runs here, between two bytecodes, with the lock held
+print("stopped" if stop.wait(5) else "not stopped", flush=True)
+"""
+
+
+@pytest.mark.parametrize("how, ends", [("soon", True), ("direct", False)])
+def test_a_worker_told_to_stop_by_a_signal_does_not_wait_for_itself(how, ends):
+    """A worker's SIGTERM (from the controller, or the kernel when the controller dies) arrives while its
+    main thread holds the stop event's lock: setting the event in the handler waits forever (a worker
+    left behind, seen once in the killed-controller test); the handler sets it from a thread instead."""
+    try:
+        done = subprocess.run([sys.executable, "-c", _STOP_IN_A_HANDLER, how], capture_output=True, text=True,
+                              timeout=8 if ends else 3)
+    except subprocess.TimeoutExpired:
+        assert not ends, "the worker's stop waited for itself"
+        return
+    assert ends and done.stdout.strip() == "stopped", (done.stdout, done.stderr)
+
+
 def test_killed_controller_leaves_no_worker_and_keeps_history(tmp_path):
     scenario = tmp_path / "s.toml"
     scenario.write_text(

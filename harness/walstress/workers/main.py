@@ -33,15 +33,23 @@ _GRACE_SECONDS = 3.0
 _STOP_BUDGET_SECONDS = 8.0  # below the controller's grace before SIGKILL (controller.STOP_GRACE_SECONDS)
 
 
+def set_soon(event: threading.Event) -> None:
+    """Set ``event`` from a thread of its own. For a signal handler: it runs in the main thread between two
+    bytecodes, maybe while that thread holds the event's lock (inside ``Event.wait``), and setting the
+    event there would wait for the lock forever (a worker left behind by a killed controller)."""
+    threading.Thread(target=event.set, name="set-stop", daemon=True).start()
+
+
 def _watch_parent(parent_pid: int, stop: threading.Event, done: threading.Event) -> None:
-    """Stop when the parent is gone, and force the exit if the threads do not end in time.
+    """Stop when the parent is gone, and force the exit if the threads do not end in time (whatever
+    holds the stop event's lock: it is set from another thread, and the exit does not wait for it).
 
     A stop asked by a living controller (SIGTERM) is not forced here: the controller
     waits for the worker and escalates to SIGKILL itself after its own grace period.
     """
     while not done.wait(0.2):
         if os.getppid() != parent_pid:
-            stop.set()
+            set_soon(stop)
             if not done.wait(_GRACE_SECONDS):
                 os._exit(EXIT_ORPHANED)
             return
@@ -52,7 +60,7 @@ def main(spec_path: str) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the controller's to handle
     stop = threading.Event()
     done = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: set_soon(stop))
     die_with_parent()
     parent_pid = spec.parent_pid
     if os.getppid() != parent_pid:
