@@ -19,16 +19,14 @@ def test_overhead_benchmark_measures_both_loops(cache_dir):
     assert result["harness_over_bare"] > 0
 
 
-def test_ledger_api_benchmark_measures_the_three_loops(cache_dir, tmp_path):
-    import statistics as stats
-
+def test_ledger_api_benchmark_measures_the_three_loops(cache_dir):
     from walstress.bench import measure_ledger_api
 
     result = measure_ledger_api(transactions=20, blocks=3, cache_dir=cache_dir)
     loops = (result["bare_tx_per_s"], result["recorded_tx_per_s"], result["ledger_api_tx_per_s"])
     assert [len(rates) for rates in loops] == [3, 3, 3] and min(map(min, loops)) > 0
     assert result["ledger_lines"] == 2 * 20 * 3  # a P and an A line per transaction of the ledgered loop only
-    bare, recorded, ledgered = map(stats.median, loops)
+    bare, recorded, ledgered = map(statistics.median, loops)
     assert result["ledger_api_over_recorded"] == pytest.approx(ledgered / recorded, abs=0.0005)
     assert result["ledger_api_over_bare"] == pytest.approx(ledgered / bare, abs=0.0005)
     cpu = result["cpu_us_per_tx"]

@@ -212,16 +212,6 @@ def test_row_checksums_are_the_documented_ones(values):
     assert row_crc(values) == reference_crc(values)
 
 
-@given(st.text(min_size=1, max_size=10), _keys,
-       st.one_of(st.none(), st.dictionaries(st.text(min_size=1, max_size=6), _values, max_size=4)))
-@settings(max_examples=300, deadline=None)
-def test_a_written_rows_text_is_its_ops_encoding(table, key, row):
-    """What ctx.transaction stores per txn.wrote (made without the op object) is the op's own encoding."""
-    from walstress.ledger import written_text
-
-    assert written_text(table, key, row) == RowOp.written(table, key, row).encode()
-
-
 # --------------------------------------------------------- the ledger's file
 def _lines(path):
     return path.read_bytes().decode("ascii").splitlines()

@@ -391,7 +391,9 @@ def test_legends_list_only_what_is_drawn(matrix_run, tmp_path):
             assert texts, "an empty legend box"
             for artist in list(ax.lines) + list(ax.collections):  # a labelled series in the legend shows a point
                 if artist.get_label() in texts:
-                    assert F._drawn(artist), (artist.get_gid(), artist.get_label())
+                    points = np.asarray(artist.get_xydata() if hasattr(artist, "get_xydata")
+                                        else artist.get_offsets(), dtype=float).reshape(-1, 2)
+                    assert np.isfinite(points).all(axis=1).any(), (artist.get_gid(), artist.get_label())
     by_cell = F.draw_write_latency_by_cell(results["cells"], runs_by_cell, colours)
     slow = any((runs[0].ops["write"].ms >= F.SLOW_MS).any() for runs in runs_by_cell.values())
     assert any(t.startswith("writes >") for t in _legend_texts(by_cell)) == slow

@@ -68,7 +68,7 @@ def _epilog(exits: list[str], examples: list[str]) -> str:
 _VERDICT_EXITS = ["0 every cell's verdicts matched its expectation",
                   "1 a cell did not (the last line says how many runs and which cells)", _USAGE_EXIT]
 
-# name: (help, exit codes, two examples); the order of the help's command list
+# name: (help, exit codes, two examples); the help lists the commands in build_parser's order
 COMMANDS_HELP: dict[str, tuple[str, list[str], list[str]]] = {
     "run": ("run a scenario file (every matrix cell x repeat)", _VERDICT_EXITS,
             ["walstress run scenarios/smoke.toml --duration 10s",

@@ -154,8 +154,7 @@ def execute_run(scenario: Scenario, run_dir: Path, template: Path, *, seed: int,
                 faults: FaultPlan | None = None) -> RunLayout:
     """Run one cell once. Always reaps every worker it started; judging is the caller's."""
     layout = RunLayout(run_dir)
-    if layout.is_run_dir():   # its history, ledger and checks would mix with this run's
-        raise FileExistsError(f"{layout.run_dir} already holds a run; give another output folder or remove it")
+    layout.refuse_if_used()
     layout.run_dir.mkdir(parents=True, exist_ok=True)
     layout.scenario_json.write_text(json.dumps(
         {"scenario": scenario_to_jsonable(scenario), "seed": seed, "duration": scenario.duration,

@@ -136,6 +136,12 @@ def first_corruption_error(records: list[dict[str, Any]]) -> dict[str, Any] | No
     return min(failed, key=ended_at, default=None)
 
 
+def first_corruption_error_at(records: list[dict[str, Any]]) -> float | None:
+    """When SQLite reported the run's first corruption error (epoch seconds), or None."""
+    failed = first_corruption_error(records)
+    return ended_at(failed) if failed is not None else None
+
+
 def by_type(records: list[dict[str, Any]], *types: str) -> list[dict[str, Any]]:
     wanted = set(types)
     return [r for r in records if r.get("type") in wanted]

@@ -21,7 +21,7 @@ from walstress.checks.findings import Finding, RunEvidence, compose, excused_che
 from walstress.checks.registry import CHECKS
 from walstress.faults.registry import CAUSE_HOOKS, JUDGE_HOOKS
 from walstress.faults.summary import summarize_faults
-from walstress.history import by_type, ended_at, first_corruption_error, read_history
+from walstress.history import by_type, first_corruption_error_at, read_history
 from walstress.layout import RunLayout
 from walstress.metrics import summarize_history
 from walstress.runspec import worker_summaries
@@ -113,8 +113,8 @@ def judge_run(run_dir: str | Path) -> dict[str, Any]:
     t_go = next((r["t"] for r in records if r.get("type") == "go"), None)
     t_stop = run_stop["t"] if run_stop else (records[-1]["t"] if records else None)
     versions = sorted({w["sqlite_version"] for w in workers if w["sqlite_version"]})
-    failed = first_corruption_error(records)
-    first_corruption_error_s = round(ended_at(failed) - t_go, 3) if (failed is not None and t_go) else None
+    failed_at = first_corruption_error_at(records)
+    first_corruption_error_s = round(failed_at - t_go, 3) if (failed_at is not None and t_go) else None
     faults = by_type(records, "fault")
     result = {
         "run_dir": str(layout.run_dir),

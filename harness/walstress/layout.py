@@ -127,3 +127,8 @@ class RunLayout:
 
     def is_run_dir(self) -> bool:
         return self.scenario_json.is_file()
+
+    def refuse_if_used(self) -> None:
+        """FileExistsError if a run is here already: its history, ledger and checks would mix with a new one's."""
+        if self.is_run_dir():
+            raise FileExistsError(f"{self.run_dir} already holds a run; give another output folder or remove it")

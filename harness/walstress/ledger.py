@@ -88,14 +88,7 @@ def row_crc(values: Mapping[str, Any], names: Iterable[str] | None = None) -> in
     parts = []
     for name in names or sorted(values):
         parts.append(_COLUMN_PREFIXES.get(name) or _column_prefix(name))
-        value = values[name]
-        kind = type(value)   # _encode_value's first cases, without its call (a checksum per written row)
-        if kind is int:
-            parts.append(b"\x00int:%d" % value)
-        elif kind is bytes:
-            parts.append(b"\x00blob:" + value)
-        else:
-            parts.append(_encode_value(value))
+        parts.append(_encode_value(values[name]))
     return zlib.crc32(b"".join(parts)[1:])
 
 
@@ -203,8 +196,14 @@ class RowOp:
         return cls("D", table, _plain_key(key))
 
     def encode(self) -> str:
-        """``to_json()`` as compact ASCII JSON."""
-        return _op_text(self.action, self.table, self.key, self.crc, self.cols)
+        """``to_json()`` as compact ASCII JSON; the table's and the columns' texts are made once per process
+        (a user's code writes the same few tables over and over)."""
+        table = _JSON_TEXTS.get(self.table) or _json_text(self.table)
+        key = _json_compact(self.key)
+        if self.action == "D":
+            return f'{{"a":"D","t":{table},"k":{key}}}'
+        cols = _JSON_TEXTS.get(self.cols) or _json_text(self.cols)
+        return f'{{"a":"W","t":{table},"k":{key},"c":{"null" if self.crc is None else self.crc},"cols":{cols}}}'
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"a": self.action, "t": self.table, "k": self.key}
@@ -224,29 +223,6 @@ class RowOp:
     @property
     def ref(self) -> Ref:
         return row_ref(self.table, self.key)
-
-
-def written_text(table: str, key: Any, row: Mapping[str, Any] | None) -> str:
-    """``RowOp.written(table, key, row).encode()``, made without the object (once per row a user's
-    transaction writes)."""
-    if not row:
-        return _op_text("W", table, _plain_key(key), None, ())
-    names = tuple(sorted(row))
-    return _written_text(table, _json_compact(_plain_key(key)), row_crc(row, names), names)
-
-
-def _op_text(action: str, table: str, key: Any, crc: int | None, cols: tuple[str, ...]) -> str:
-    """One row change as compact ASCII JSON."""
-    if action == "D":
-        return f'{{"a":"D","t":{_JSON_TEXTS.get(table) or _json_text(table)},"k":{_json_compact(key)}}}'
-    return _written_text(table, _json_compact(key), "null" if crc is None else crc, cols)
-
-
-def _written_text(table: str, key_text: str, crc: int | str, cols: tuple[str, ...]) -> str:
-    """A written row's JSON; the table's and the columns' texts are made once per process (a user's code
-    writes the same few tables over and over)."""
-    return (f'{{"a":"W","t":{_JSON_TEXTS.get(table) or _json_text(table)},"k":{key_text},"c":{crc},'
-            f'"cols":{_JSON_TEXTS.get(cols) or _json_text(cols)}}}')
 
 
 _JSON_TEXTS: dict[Any, str] = {}
@@ -396,12 +372,6 @@ class LedgerWriter:
         """Record what the open transaction changed; call right before COMMIT."""
         self._txn += 1
         self._store(f"P {self._txn} {_stamp()} {encode_ops(ops)}".encode("ascii"))
-        return self._txn
-
-    def prepare_texts(self, texts: list[str]) -> int:
-        """:meth:`prepare` with each change already encoded (:func:`written_text`, ``RowOp.encode``)."""
-        self._txn += 1
-        self._store(f"P {self._txn} {_stamp()} J[{','.join(texts)}]".encode("ascii"))
         return self._txn
 
     def acknowledge(self, txn: int) -> None:

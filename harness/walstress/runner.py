@@ -149,10 +149,9 @@ def run_scenario(scenario: Scenario, out_dir: str | Path, *, repeat: int | None 
     # runs, so that an unknown version fails at once, not after hours.
     _check_causes(cells)
     repeats = repeat or scenario.repeat
-    used = next((d for cell in cells for d in (_run_dir(out_dir, cell, i) for i in range(repeats))
-                 if RunLayout(d).is_run_dir()), None)
-    if used is not None:   # before anything runs (execute_run refuses it too)
-        raise FileExistsError(f"{used} already holds a run; give another output folder or remove it")
+    for cell in cells:   # before anything runs (execute_run refuses it too)
+        for index in range(repeats):
+            RunLayout(_run_dir(out_dir, cell, index)).refuse_if_used()
     cell_sqlite_paths = {cell.cell_id: sqlite_paths_for(cell.scenario) for cell in cells}
     results: dict[str, Any] = {
         "schema_version": RESULTS_SCHEMA_VERSION,

@@ -98,8 +98,6 @@ def field_schema(f: dataclasses.Field) -> dict[str, Any]:
         out["enum"] = list(choices)
     else:
         out["type"] = _JSON_TYPES.get(tp, "string")
-        if tp is float:
-            out["type"] = "number"
         out.update(_bounds(meta))
     doc = meta.get("doc") or ""
     if doc:

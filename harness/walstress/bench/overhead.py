@@ -169,6 +169,7 @@ def measure_overhead(*, pages: int = 2000, transactions: int = 300, blocks: int 
 
 # ---------------------------------------------------------- the ledger API
 _KV_SCHEMA = "CREATE TABLE IF NOT EXISTS kv(k TEXT PRIMARY KEY, v BLOB, n INTEGER) WITHOUT ROWID"
+_UPSERT = "INSERT INTO kv VALUES (?, ?, ?) ON CONFLICT DO UPDATE SET v = excluded.v, n = excluded.n"
 
 
 def user_function(ctx: Any) -> None:
@@ -180,8 +181,7 @@ def _user_bare(conn: sqlite3.Connection, transactions: int, start: int) -> float
     started = time.perf_counter()
     for i in range(start, start + transactions):
         conn.execute("BEGIN IMMEDIATE")
-        conn.execute("INSERT INTO kv VALUES (?, ?, ?) ON CONFLICT DO UPDATE SET v = excluded.v, n = excluded.n",
-                     (f"bare-{i % 500}", b"v" * 64, i))
+        conn.execute(_UPSERT, (f"bare-{i % 500}", b"v" * 64, i))
         conn.execute("COMMIT")
     return transactions / (time.perf_counter() - started)
 
@@ -192,8 +192,7 @@ def _user_ledgered(ctx: Any, conn: sqlite3.Connection, transactions: int, start:
     for i in range(start, start + transactions):
         key, value = f"ledger-{i % 500}", b"v" * 64
         with ctx.transaction(conn) as txn:
-            conn.execute("INSERT INTO kv VALUES (?, ?, ?) ON CONFLICT DO UPDATE SET v = excluded.v, n = excluded.n",
-                         (key, value, i))
+            conn.execute(_UPSERT, (key, value, i))
             txn.wrote("kv", key, {"v": value, "n": i})
     return transactions / (time.perf_counter() - started)
 
@@ -205,8 +204,7 @@ def _user_recorded(ctx: Any, conn: sqlite3.Connection, transactions: int, start:
     for i in range(start, start + transactions):
         with ctx.op("write"):
             conn.execute("BEGIN IMMEDIATE")
-            conn.execute("INSERT INTO kv VALUES (?, ?, ?) ON CONFLICT DO UPDATE SET v = excluded.v, n = excluded.n",
-                         (f"op-{i % 500}", b"v" * 64, i))
+            conn.execute(_UPSERT, (f"op-{i % 500}", b"v" * 64, i))
             conn.execute("COMMIT")
     return transactions / (time.perf_counter() - started)
 

@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
 from walstress.checks.findings import RunEvidence
-from walstress.history import ended_at, first_corruption_error
+from walstress.history import first_corruption_error_at
 from walstress.settings import Registry
 
 DAMAGED = ("corrupt", "lost-writes")
@@ -350,8 +350,7 @@ for _name_, _rule in (("two_libraries", _two_libraries), ("lock_lost", _lock_los
 
 # ------------------------------------------------------------------ the result
 def damage_of(run: RunEvidence, verdict: str) -> Damage:
-    failed = first_corruption_error(run.records)
-    first_error = ended_at(failed) if failed is not None else None
+    first_error = first_corruption_error_at(run.records)
     stop = next((r["t"] for r in run.records if r.get("type") == "run_stop"), None)
     end = stop if stop is not None else (run.records[-1]["t"] if run.records else None)
     return Damage(verdict, run.t_go, first_error, end)

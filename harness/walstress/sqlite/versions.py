@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import base64
 import fcntl
+import functools
 import importlib.util
 import json
 import os
@@ -47,6 +48,8 @@ from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
+
+from packaging.tags import Tag, parse_tag, sys_tags
 
 from walstress.errors import EnvironmentProblem
 
@@ -121,27 +124,15 @@ class IndexFile:
 
 
 def wheel_fits_here(python_tag: str, abi_tag: str, platform_tag: str) -> bool:
-    """Whether a wheel with these tags installs on this interpreter and machine (the tags pip would check,
-    in their common forms: ``cp311``/``abi3``/``py3``; ``manylinux_2_28_x86_64``, ``musllinux``, ``macosx``,
-    ``win_amd64``, ``any``)."""
-    here = f"cp{sys.version_info.major}{sys.version_info.minor}"
-    pythons = python_tag.lower().split(".")
-    python_ok = here in pythons or "py3" in pythons or (
-        abi_tag.lower() == "abi3" and any(p.startswith("cp3") and p[3:].isdigit()
-                                          and int(p[3:]) <= sys.version_info.minor for p in pythons))
-    machine = platform.machine().lower()
-    aliases = {"x86_64": ("x86_64", "amd64"), "amd64": ("x86_64", "amd64"), "aarch64": ("aarch64", "arm64"),
-               "arm64": ("aarch64", "arm64")}.get(machine, (machine,))
-    if sys.platform.startswith("linux"):
-        libc = "musllinux" if platform.libc_ver()[0] != "glibc" else "manylinux"
-        families: tuple[str, ...] = (libc, "linux_") if libc == "manylinux" else (libc,)
-    elif sys.platform == "darwin":
-        families, aliases = ("macosx",), aliases + ("universal2", "intel")
-    else:
-        families = ("win",)
-    platform_ok = any(tag == "any" or (tag.startswith(families) and tag.endswith(aliases))
-                      for tag in platform_tag.lower().split("."))
-    return python_ok and platform_ok
+    """Whether a wheel with these tags installs on this interpreter and machine: the tags pip itself checks
+    (``packaging``'s list for here, a manylinux wheel's glibc version and a macOS wheel's release included;
+    a tag may be a compressed set, ``manylinux_2_17_x86_64.manylinux2014_x86_64``)."""
+    return not _tags_here().isdisjoint(parse_tag(f"{python_tag}-{abi_tag}-{platform_tag}"))
+
+
+@functools.lru_cache(maxsize=1)
+def _tags_here() -> frozenset[Tag]:
+    return frozenset(sys_tags())
 
 
 def releases_from_files(files: list[IndexFile], *, fits: Any = wheel_fits_here) -> dict[str, str]:
@@ -306,10 +297,14 @@ def shipped_releases() -> dict[str, str]:
     return dict(json.loads(SHIPPED_LIST.read_text())["releases"])
 
 
+def _made_here() -> dict[str, str]:
+    """The interpreter and machine a release list is made for (the wheels it counts are theirs)."""
+    return {"python": f"cp{sys.version_info.major}{sys.version_info.minor}", "machine": platform.machine()}
+
+
 def write_shipped(releases: dict[str, str], path: Path = SHIPPED_LIST) -> None:
     ordered = {v: releases[v] for v in sorted(releases, key=parse_version)}
-    path.write_text(json.dumps({"refreshed": time.strftime("%Y-%m-%d"), "python": f"cp{sys.version_info.major}"
-                                f"{sys.version_info.minor}", "machine": platform.machine(), "releases": ordered},
+    path.write_text(json.dumps({"refreshed": time.strftime("%Y-%m-%d"), **_made_here(), "releases": ordered},
                                indent=1) + "\n")
 
 
@@ -326,12 +321,16 @@ def _releases(cache_dir: str | Path | None, *, refresh: bool = False) -> dict[st
     releases, answered, failed = pip_releases()
     if not releases:
         try:
-            releases = shipped_releases()
+            shipped = json.loads(SHIPPED_LIST.read_text())
+            releases = dict(shipped["releases"])
         except (OSError, ValueError, KeyError) as exc:
             raise EnvironmentProblem(f"no package index listed apsw ({'; '.join(failed) or 'none configured'}) "
                                      f"and the shipped list cannot be read: {exc}") from None
+        made_for = {key: shipped.get(key) for key in _made_here()}
+        elsewhere = "" if made_for == _made_here() else \
+            f" (made for {made_for['python']} on {made_for['machine']}: a version in it may have no wheel here)"
         print(f"walstress: no package index listed apsw ({'; '.join(failed) or 'none configured'}); using the "
-              f"list shipped with walstress", file=sys.stderr)
+              f"list shipped with walstress{elsewhere}", file=sys.stderr)
         return releases  # not cached: the next call asks the indexes again
     folder.mkdir(parents=True, exist_ok=True)
     tmp = cached.with_name(f".{cached.name}.{os.getpid()}.tmp")

@@ -44,7 +44,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Iterator, Literal, Mapping
 
-from walstress.ledger import LedgerWriter, RowOp, written_text
+from walstress.ledger import LedgerWriter, RowOp
 from walstress.loading import LoadError, ensure_on_path, load_object
 from walstress.scenario import WorkerSettings, user_code_path
 from walstress.settings import SettingError, setting
@@ -117,7 +117,7 @@ class Transaction:
     def __init__(self, conn: Any, ctx: "PythonContext", kind: str = "write"):
         self.conn = conn
         self.ctx = ctx
-        self.ops: list[str] = []   # each change as the ledger's text
+        self.ops: list[RowOp] = []
         self.kind = kind
 
     def __enter__(self) -> "Transaction":
@@ -138,7 +138,7 @@ class Transaction:
         prepared: int | None = None
         try:
             if ops:
-                prepared = self.ctx.ledger.prepare_texts(ops)
+                prepared = self.ctx.ledger.prepare(ops)
             self.conn.execute("COMMIT")
         except BaseException as error:
             self._failed(error, prepared)
@@ -163,10 +163,10 @@ class Transaction:
         read back inside the transaction: its every column, as SQLite stored it."""
         if row is None:
             row = self.ctx.read_row(self.conn, table, key)
-        self.ops.append(written_text(table, key, row))
+        self.ops.append(RowOp.written(table, key, row))
 
     def deleted(self, table: str, key: Any) -> None:
-        self.ops.append(RowOp.deleted(table, key).encode())
+        self.ops.append(RowOp.deleted(table, key))
 
 
 def _query(conn: Any, sql: str, params: Any = ()) -> tuple[list[str], list[tuple]]:

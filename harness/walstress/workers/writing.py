@@ -24,7 +24,6 @@ from walstress.sqlite.driver import Connection, classify_error, is_sqlite_error
 from walstress.workers.base import WorkerContext, roll_back_failed
 
 
-
 def write_messages(conn: Connection, corpus: Corpus, schema: str, session_id: str, batch: int) -> list[tuple[int, str]]:
     """The writer role's rows of one insert transaction: ``batch`` messages of the corpus into ``session_id``
     and, on the hermes schema, that session's counters; (rowid, content) of each message. Also the bare
@@ -53,6 +52,7 @@ def write_messages(conn: Connection, corpus: Corpus, schema: str, session_id: st
             (batch, tool_calls, session_id),
         )
     return written
+
 
 class WriterMixin:
     """The transaction machinery shared by writers and writing openers."""
